@@ -1,0 +1,920 @@
+//! The configuration: a TOML file parsed once into validated types.
+//!
+//! `RawConfig` mirrors the file (serde, unknown keys refused); `Config` is what
+//! the rest of the program sees: addresses are `SocketAddr`, networks `IpNet`,
+//! durations `Duration`, paths resolved against the config file's directory
+//! (so `certs/smarthost.crt` beside `/etc/smarthost/smarthost.toml` means
+//! `/etc/smarthost/certs/smarthost.crt`). Nothing downstream re-parses strings.
+//!
+//! Every error names the file, the line, the key and the fix (`ConfigError`).
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::{Deserialize, Deserializer};
+use toml::Spanned;
+
+/// A validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Name in the banner, the EHLO reply and our Received headers.
+    pub hostname: String,
+    pub listeners: Vec<ListenerConfig>,
+    /// `None`: a self-signed ECDSA certificate is made at start.
+    pub tls: Option<TlsConfig>,
+    pub access: AccessConfig,
+    pub users: Vec<UserConfig>,
+    pub limits: Limits,
+    pub queue: QueueConfig,
+    pub upstreams: Vec<UpstreamConfig>,
+    pub routes: Vec<RouteConfig>,
+    pub admin: Option<AdminConfig>,
+    /// Warnings found while validating (logged by `serve`, printed by `check-config`).
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ListenerTls {
+    /// Plain TCP, TLS after the STARTTLS command (RFC 3207), usually port 25 or 587.
+    Starttls,
+    /// TLS from the first byte (RFC 8314), usually port 465.
+    Implicit,
+}
+
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    pub address: SocketAddr,
+    pub tls: ListenerTls,
+    /// Mail commands before TLS get `530 5.7.0` (RFC 3207 §4).
+    pub require_tls: bool,
+    pub proxy_protocol: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct CertificatePaths {
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsConfig {
+    /// The primary certificate followed by any additional ones (e.g. RSA beside ECDSA).
+    pub certificates: Vec<CertificatePaths>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct AccessConfig {
+    pub relay_networks: Vec<IpNet>,
+    pub trusted_proxies: Vec<IpNet>,
+    /// When set, only these MAIL FROM domains (and `<>`) are accepted from anyone.
+    pub sender_domains: Option<Vec<String>>,
+}
+
+#[derive(Debug, Clone)]
+pub struct UserConfig {
+    pub name: String,
+    /// An argon2id PHC string, checked for syntax at load time.
+    pub password_hash: String,
+    pub allowed_sender_domains: Option<Vec<String>>,
+}
+
+/// What to do with a bare CR or LF inside message content.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BareLineEndings {
+    /// Turn each into CRLF (the stored message never holds one).
+    #[default]
+    Normalize,
+    /// Refuse the message with `550 5.5.2`.
+    Reject,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_message_size: usize,
+    pub max_recipients: usize,
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    pub max_auth_failures: u32,
+    /// Errors one session may make before `421` and close.
+    pub max_errors: u32,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
+    /// How long to wait before the banner, to catch clients that talk first.
+    pub banner_delay: Duration,
+    pub bare_line_endings: BareLineEndings,
+    /// How long SIGTERM waits for open sessions before exiting anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_message_size: 157_286_400,
+            max_recipients: 1000,
+            max_connections: 2000,
+            max_connections_per_ip: 100,
+            max_auth_failures: 3,
+            max_errors: 10,
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
+            banner_delay: Duration::ZERO,
+            bare_line_endings: BareLineEndings::Normalize,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct QueueConfig {
+    pub path: PathBuf,
+    pub retry_min: Duration,
+    pub retry_max: Duration,
+    pub max_lifetime: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UpstreamTls {
+    Required,
+    Opportunistic,
+    None,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    pub name: String,
+    /// `host:port`, resolved when connecting so DNS changes are followed.
+    pub address: String,
+    pub tls: UpstreamTls,
+    pub ca_file: Option<PathBuf>,
+    pub tls_name: Option<String>,
+    pub username: Option<String>,
+    pub password_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub struct RouteConfig {
+    /// `None` marks the default route.
+    pub sender_domains: Option<Vec<String>>,
+    pub upstreams: Vec<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AdminConfig {
+    pub address: SocketAddr,
+}
+
+/// A config error: where it is, what is wrong, how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// 1-based; 0 when the error is not tied to a line (e.g. the file is missing).
+    pub line: usize,
+    pub key: String,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if self.line > 0 {
+            write!(f, ":{}", self.line)?;
+        }
+        if !self.key.is_empty() {
+            write!(f, ": `{}`", self.key)?;
+        }
+        write!(f, ": {}\n  fix: {}", self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+// ---------------------------------------------------------------------------
+// The file as written.
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    hostname: Option<String>,
+    #[serde(default)]
+    listener: Vec<Spanned<RawListener>>,
+    tls: Option<RawTls>,
+    #[serde(default)]
+    access: RawAccess,
+    #[serde(default)]
+    user: Vec<Spanned<RawUser>>,
+    #[serde(default)]
+    limits: RawLimits,
+    queue: Option<RawQueue>,
+    #[serde(default)]
+    upstream: Vec<Spanned<RawUpstream>>,
+    #[serde(default)]
+    route: Vec<Spanned<RawRoute>>,
+    admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    address: SocketAddr,
+    tls: ListenerTls,
+    #[serde(default = "yes")]
+    require_tls: bool,
+    #[serde(default)]
+    proxy_protocol: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCertificate {
+    certificate: PathBuf,
+    private_key: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    certificate: PathBuf,
+    private_key: PathBuf,
+    #[serde(default)]
+    additional: Vec<RawCertificate>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawAccess {
+    #[serde(default)]
+    relay_networks: Vec<Spanned<IpNet>>,
+    #[serde(default)]
+    trusted_proxies: Vec<IpNet>,
+    sender_domains: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUser {
+    name: String,
+    password_hash: Spanned<String>,
+    allowed_sender_domains: Option<Vec<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_message_size: Option<Spanned<usize>>,
+    max_recipients: Option<Spanned<usize>>,
+    max_connections: Option<Spanned<usize>>,
+    max_connections_per_ip: Option<Spanned<usize>>,
+    max_auth_failures: Option<u32>,
+    max_errors: Option<Spanned<u32>>,
+    command_timeout: Option<HumanDuration>,
+    data_timeout: Option<HumanDuration>,
+    banner_delay: Option<HumanDuration>,
+    bare_line_endings: Option<BareLineEndings>,
+    shutdown_grace: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQueue {
+    path: PathBuf,
+    retry_min: Option<HumanDuration>,
+    retry_max: Option<HumanDuration>,
+    max_lifetime: Option<HumanDuration>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    name: String,
+    address: Spanned<String>,
+    tls: UpstreamTls,
+    ca_file: Option<PathBuf>,
+    tls_name: Option<String>,
+    username: Option<String>,
+    password_file: Option<PathBuf>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRoute {
+    sender_domains: Option<Vec<String>>,
+    upstreams: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAdmin {
+    address: SocketAddr,
+}
+
+/// A duration written as `"30s"`, `"5m"`, `"5d"`; the error carries the fix.
+#[derive(Clone, Copy)]
+struct HumanDuration(Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text)
+            .map(HumanDuration)
+            .map_err(|e| {
+                serde::de::Error::custom(format!(
+                    "invalid duration {text:?} ({e}); write a number and a unit, e.g. \"30s\", \"5m\", \"1h\", \"5d\""
+                ))
+            })
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Loading and validation.
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_owned(),
+            line: 0,
+            key: String::new(),
+            problem: format!("cannot read the file: {e}"),
+            fix: "pass the path of a readable TOML file with --config".into(),
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validates `text` as if read from `path` (relative paths resolve against its directory).
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let v = Validator { text, file: path };
+        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
+        let base = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let resolve = |p: PathBuf| if p.is_relative() { base.join(p) } else { p };
+        let mut warnings = Vec::new();
+
+        let hostname = match raw.hostname {
+            Some(h) => {
+                if h.is_empty() || h.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                    return Err(v.error_at_key(
+                        "hostname",
+                        format!("{h:?} is not a host name"),
+                        "use the fully qualified name clients connect to, e.g. \"smarthost.example.com\"",
+                    ));
+                }
+                h
+            }
+            None => system_hostname(),
+        };
+
+        if raw.listener.is_empty() {
+            return Err(v.error(
+                0,
+                "listener",
+                "no [[listener]] is configured",
+                "add one, e.g.\n    [[listener]]\n    address = \"0.0.0.0:25\"\n    tls = \"starttls\"",
+            ));
+        }
+        let mut listeners = Vec::new();
+        for l in &raw.listener {
+            let span = l.span();
+            let l = l.get_ref();
+            if listeners
+                .iter()
+                .any(|o: &ListenerConfig| o.address == l.address)
+            {
+                return Err(v.error(
+                    v.line(span.start),
+                    "listener.address",
+                    format!("{} is listed twice", l.address),
+                    "give each [[listener]] its own address",
+                ));
+            }
+            if l.proxy_protocol {
+                return Err(v.error(
+                    v.line(span.start),
+                    "listener.proxy_protocol",
+                    "PROXY protocol is not supported by this version",
+                    "set proxy_protocol = false (or remove it)",
+                ));
+            }
+            listeners.push(ListenerConfig {
+                address: l.address,
+                tls: l.tls,
+                require_tls: l.require_tls,
+                proxy_protocol: l.proxy_protocol,
+            });
+        }
+
+        let tls = raw.tls.map(|t| {
+            let mut certificates = vec![CertificatePaths {
+                certificate: resolve(t.certificate),
+                private_key: resolve(t.private_key),
+            }];
+            certificates.extend(t.additional.into_iter().map(|c| CertificatePaths {
+                certificate: resolve(c.certificate),
+                private_key: resolve(c.private_key),
+            }));
+            TlsConfig { certificates }
+        });
+        if tls.is_none() {
+            warnings.push(
+                "no [tls] section: a self-signed certificate is made at start; Office 365 \
+                 (\"issued by a trusted CA\") and verifying clients will refuse it"
+                    .into(),
+            );
+        }
+
+        for net in &raw.access.relay_networks {
+            if net.get_ref().prefix_len() == 0 {
+                return Err(v.error(
+                    v.line(net.span().start),
+                    "access.relay_networks",
+                    format!("{} lets every address on the Internet relay: an open relay", net.get_ref()),
+                    "list only your own mail servers' networks, e.g. \"192.0.2.10/32\"",
+                ));
+            }
+            let wide = match net.get_ref() {
+                IpNet::V4(n) => n.prefix_len() < 16,
+                IpNet::V6(n) => n.prefix_len() < 32,
+            };
+            if wide {
+                warnings.push(format!(
+                    "access.relay_networks: {} is very wide; everyone in it may relay. Office 365 \
+                     sends from ranges shared by all tenants: allow-listing them admits all of \
+                     Office 365, so restrict senders with [access] sender_domains",
+                    net.get_ref()
+                ));
+            }
+        }
+        let access = AccessConfig {
+            relay_networks: raw
+                .access
+                .relay_networks
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
+            trusted_proxies: raw.access.trusted_proxies,
+            sender_domains: raw.access.sender_domains.map(lowercase_all),
+        };
+
+        let mut users: Vec<UserConfig> = Vec::new();
+        for u in raw.user {
+            let span = u.span();
+            let u = u.into_inner();
+            if users.iter().any(|o| o.name == u.name) {
+                return Err(v.error(
+                    v.line(span.start),
+                    "user.name",
+                    format!("user {:?} is defined twice", u.name),
+                    "give each [[user]] a unique name",
+                ));
+            }
+            let hash_line = v.line(u.password_hash.span().start);
+            let hash = u.password_hash.into_inner();
+            match argon2::PasswordHash::new(&hash) {
+                Ok(h) if h.algorithm.as_str() == "argon2id" => {}
+                _ => {
+                    return Err(v.error(
+                        hash_line,
+                        "user.password_hash",
+                        format!("the password of user {:?} is not an argon2id PHC string", u.name),
+                        "run `smarthost hash-password` and paste its output (\"$argon2id$v=19$...\")",
+                    ));
+                }
+            }
+            users.push(UserConfig {
+                name: u.name,
+                password_hash: hash,
+                allowed_sender_domains: u.allowed_sender_domains.map(lowercase_all),
+            });
+        }
+        if !users.is_empty() {
+            warnings.push(
+                "[[user]] entries are validated, but SMTP AUTH is not offered by this version yet"
+                    .into(),
+            );
+        }
+
+        let limits = v.limits(raw.limits)?;
+
+        let queue = match raw.queue {
+            Some(q) => {
+                let d = |x: Option<HumanDuration>, def: u64| x.map_or(Duration::from_secs(def), |h| h.0);
+                QueueConfig {
+                    path: resolve(q.path),
+                    retry_min: d(q.retry_min, 60),
+                    retry_max: d(q.retry_max, 3600),
+                    max_lifetime: d(q.max_lifetime, 5 * 86400),
+                }
+            }
+            None => {
+                return Err(v.error(
+                    0,
+                    "queue.path",
+                    "no [queue] section: the spool directory is not set",
+                    "add\n    [queue]\n    path = \"/var/spool/smarthost\"",
+                ));
+            }
+        };
+        if queue.retry_min > queue.retry_max {
+            return Err(v.error_at_key(
+                "retry_min",
+                "queue.retry_min is longer than queue.retry_max",
+                "make retry_min shorter than retry_max",
+            ));
+        }
+
+        let mut upstreams: Vec<UpstreamConfig> = Vec::new();
+        for u in raw.upstream {
+            let span = u.span();
+            let u = u.into_inner();
+            if upstreams.iter().any(|o| o.name == u.name) {
+                return Err(v.error(
+                    v.line(span.start),
+                    "upstream.name",
+                    format!("upstream {:?} is defined twice", u.name),
+                    "give each [[upstream]] a unique name",
+                ));
+            }
+            let addr_line = v.line(u.address.span().start);
+            let address = u.address.into_inner();
+            let port_ok = address
+                .rsplit_once(':')
+                .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+            if !port_ok {
+                return Err(v.error(
+                    addr_line,
+                    "upstream.address",
+                    format!("{address:?} is not host:port"),
+                    "write the host and the port, e.g. \"eu-smtp-1.example.net:25\" or \"[2001:db8::1]:25\"",
+                ));
+            }
+            if u.username.is_some() != u.password_file.is_some() {
+                return Err(v.error(
+                    v.line(span.start),
+                    "upstream.username",
+                    format!("upstream {:?} has only one of username and password_file", u.name),
+                    "set both (upstream AUTH) or neither",
+                ));
+            }
+            upstreams.push(UpstreamConfig {
+                name: u.name,
+                address,
+                tls: u.tls,
+                ca_file: u.ca_file.map(&resolve),
+                tls_name: u.tls_name,
+                username: u.username,
+                password_file: u.password_file.map(&resolve),
+            });
+        }
+        if upstreams.is_empty() {
+            warnings.push(
+                "no [[upstream]]: accepted mail is kept in the queue and not forwarded".into(),
+            );
+        }
+
+        let mut routes: Vec<RouteConfig> = Vec::new();
+        for r in raw.route {
+            let line = v.line(r.span().start);
+            let r = r.into_inner();
+            if let Some(missing) = r
+                .upstreams
+                .iter()
+                .find(|n| !upstreams.iter().any(|u| &u.name == *n))
+            {
+                return Err(v.error(
+                    line,
+                    "route.upstreams",
+                    format!("route names upstream {missing:?}, which no [[upstream]] defines"),
+                    "use the name of a configured [[upstream]]",
+                ));
+            }
+            if r.upstreams.is_empty() {
+                return Err(v.error(
+                    line,
+                    "route.upstreams",
+                    "a route without upstreams",
+                    "list at least one upstream name",
+                ));
+            }
+            if r.sender_domains.is_none() && routes.iter().any(|o| o.sender_domains.is_none()) {
+                return Err(v.error(
+                    line,
+                    "route.sender_domains",
+                    "two default routes (routes without sender_domains)",
+                    "give all routes but one a sender_domains list",
+                ));
+            }
+            routes.push(RouteConfig {
+                sender_domains: r.sender_domains.map(lowercase_all),
+                upstreams: r.upstreams,
+            });
+        }
+
+        Ok(Config {
+            hostname,
+            listeners,
+            tls,
+            access,
+            users,
+            limits,
+            queue,
+            upstreams,
+            routes,
+            admin: raw.admin.map(|a| AdminConfig { address: a.address }),
+            warnings,
+        })
+    }
+
+    /// A few lines for `check-config` and the start-up log.
+    pub fn summary(&self) -> String {
+        let listeners: Vec<String> = self
+            .listeners
+            .iter()
+            .map(|l| {
+                format!(
+                    "{} ({}{})",
+                    l.address,
+                    match l.tls {
+                        ListenerTls::Starttls => "starttls",
+                        ListenerTls::Implicit => "implicit tls",
+                    },
+                    if l.require_tls { ", tls required" } else { ", tls optional" }
+                )
+            })
+            .collect();
+        format!(
+            "hostname: {}\nlisteners: {}\ntls: {}\nrelay networks: {}\nusers: {}\nqueue: {}\nupstreams: {}\nroutes: {}\nmax message size: {} bytes",
+            self.hostname,
+            listeners.join(", "),
+            match &self.tls {
+                Some(t) => format!("{} certificate(s)", t.certificates.len()),
+                None => "self-signed (made at start)".into(),
+            },
+            if self.access.relay_networks.is_empty() {
+                "none".into()
+            } else {
+                self.access
+                    .relay_networks
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            self.users.len(),
+            self.queue.path.display(),
+            if self.upstreams.is_empty() {
+                "none".into()
+            } else {
+                self.upstreams
+                    .iter()
+                    .map(|u| format!("{} ({})", u.name, u.address))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            self.routes.len(),
+            self.limits.max_message_size,
+        )
+    }
+}
+
+fn lowercase_all(v: Vec<String>) -> Vec<String> {
+    v.into_iter().map(|d| d.to_ascii_lowercase()).collect()
+}
+
+fn system_hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_owned())
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// Turns positions in the file into line numbers and key paths for errors.
+struct Validator<'a> {
+    text: &'a str,
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn line(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    fn error(
+        &self,
+        line: usize,
+        key: &str,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        ConfigError {
+            file: self.file.to_owned(),
+            line,
+            key: key.into(),
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    /// An error about `key` (a bare key name), located at its first assignment.
+    fn error_at_key(&self, key: &str, problem: impl Into<String>, fix: &str) -> ConfigError {
+        let offset = self
+            .text
+            .lines()
+            .scan(0, |pos, l| {
+                let start = *pos;
+                *pos += l.len() + 1;
+                Some((start, l))
+            })
+            .find(|(_, l)| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|r| r.trim_start().starts_with('='))
+            })
+            .map_or(0, |(start, _)| start);
+        let (line, path) = self.locate(offset..offset);
+        self.error(if offset == 0 { 0 } else { line }, &path, problem, fix)
+    }
+
+    /// The line of `span` and the dotted key written there (`limits.data_timeout`).
+    fn locate(&self, span: Range<usize>) -> (usize, String) {
+        let start = span.start.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        let line_text = self.text[line_start..].lines().next().unwrap_or("");
+        let key = line_text
+            .split_once('=')
+            .map(|(k, _)| k.trim().trim_matches('"').to_owned())
+            .unwrap_or_default();
+        let table = self.text[..line_start]
+            .lines()
+            .rev()
+            .map(str::trim)
+            .find(|l| l.starts_with('['))
+            .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_owned())
+            .unwrap_or_default();
+        let path = match (table.is_empty(), key.is_empty()) {
+            (_, true) => table,
+            (true, false) => key,
+            (false, false) => format!("{table}.{key}"),
+        };
+        (self.line(start), path)
+    }
+
+    fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
+        let (line, key) = match e.span() {
+            Some(span) => self.locate(span),
+            None => (0, String::new()),
+        };
+        let problem = e.message().trim().to_owned();
+        let fix: String = if problem.starts_with("unknown field") {
+            "remove the key or correct its spelling; config/smarthost.toml lists every key".into()
+        } else if problem.starts_with("missing field") {
+            "add the key; config/smarthost.toml shows each with an example".into()
+        } else if problem.contains("invalid IP address syntax") {
+            "write a network in CIDR form, e.g. \"10.0.0.0/8\" or \"2001:db8::/48\"".into()
+        } else if problem.contains("socket address") {
+            "write an address and a port, e.g. \"0.0.0.0:25\" or \"[::]:25\"".into()
+        } else if problem.contains("duration") {
+            "write a number and a unit, e.g. \"30s\", \"5m\", \"5d\"".into()
+        } else {
+            "see config/smarthost.toml for the expected form".into()
+        };
+        self.error(line, &key, problem, fix)
+    }
+
+    fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
+        let mut l = Limits::default();
+        let positive = |v: Option<Spanned<usize>>, key: &str, dst: &mut usize| {
+            if let Some(v) = v {
+                if *v.get_ref() == 0 {
+                    return Err(self.error(
+                        self.line(v.span().start),
+                        &format!("limits.{key}"),
+                        "must be greater than 0",
+                        "use a positive number or remove the key for the default",
+                    ));
+                }
+                *dst = v.into_inner();
+            }
+            Ok(())
+        };
+        positive(raw.max_message_size, "max_message_size", &mut l.max_message_size)?;
+        positive(raw.max_recipients, "max_recipients", &mut l.max_recipients)?;
+        positive(raw.max_connections, "max_connections", &mut l.max_connections)?;
+        positive(
+            raw.max_connections_per_ip,
+            "max_connections_per_ip",
+            &mut l.max_connections_per_ip,
+        )?;
+        if let Some(v) = raw.max_errors {
+            let mut n = *v.get_ref() as usize;
+            positive(Some(Spanned::new(v.span(), n)), "max_errors", &mut n)?;
+            l.max_errors = n as u32;
+        }
+        if let Some(v) = raw.max_auth_failures {
+            l.max_auth_failures = v;
+        }
+        let set = |v: Option<HumanDuration>, dst: &mut Duration| {
+            if let Some(d) = v {
+                *dst = d.0;
+            }
+        };
+        set(raw.command_timeout, &mut l.command_timeout);
+        set(raw.data_timeout, &mut l.data_timeout);
+        set(raw.banner_delay, &mut l.banner_delay);
+        set(raw.shutdown_grace, &mut l.shutdown_grace);
+        if let Some(b) = raw.bare_line_endings {
+            l.bare_line_endings = b;
+        }
+        for (key, d) in [
+            ("command_timeout", l.command_timeout),
+            ("data_timeout", l.data_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(self.error_at_key(
+                    key,
+                    format!("limits.{key} is zero"),
+                    "use a positive duration, e.g. \"5m\"",
+                ));
+            }
+        }
+        Ok(l)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "[[listener]]\naddress = \"127.0.0.1:2525\"\ntls = \"starttls\"\n\n[queue]\npath = \"spool\"\n";
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/smarthost/smarthost.toml"))
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults_and_resolves_paths() {
+        let c = parse(MINIMAL).unwrap();
+        assert_eq!(c.listeners[0].address, "127.0.0.1:2525".parse().unwrap());
+        assert!(c.listeners[0].require_tls);
+        assert_eq!(c.queue.path, Path::new("/etc/smarthost/spool"));
+        assert_eq!(c.limits.command_timeout, Duration::from_secs(300));
+        assert_eq!(c.limits.bare_line_endings, BareLineEndings::Normalize);
+    }
+
+    #[test]
+    fn unknown_key_names_line_key_and_fix() {
+        let e = parse(&format!("{MINIMAL}\n[limits]\nmax_mesage_size = 10\n")).unwrap_err();
+        assert_eq!(e.line, 9, "{e}");
+        assert_eq!(e.key, "limits.max_mesage_size");
+        assert!(e.problem.contains("unknown field"), "{e}");
+        assert!(e.fix.contains("spelling"));
+    }
+
+    #[test]
+    fn bad_duration_and_network_are_located() {
+        let e = parse(&format!("{MINIMAL}[limits]\ndata_timeout = \"10 parsecs\"\n")).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (8, "limits.data_timeout"), "{e}");
+        let e = parse(&format!("{MINIMAL}[access]\nrelay_networks = [\"10.0.0.0/33\"]\n"))
+            .unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (8, "access.relay_networks"), "{e}");
+    }
+
+    #[test]
+    fn open_relay_networks_are_refused() {
+        for net in ["0.0.0.0/0", "::/0"] {
+            let e = parse(&format!("{MINIMAL}[access]\nrelay_networks = [\"{net}\"]\n"))
+                .unwrap_err();
+            assert!(e.problem.contains("open relay"), "{e}");
+        }
+    }
+
+    #[test]
+    fn routes_must_name_known_upstreams() {
+        let text = format!(
+            "{MINIMAL}[[upstream]]\nname = \"eu-1\"\naddress = \"eu.example.net:25\"\ntls = \"required\"\n\n[[route]]\nsender_domains = [\"a.example\"]\nupstreams = [\"us-1\"]\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!(e.key, "route.upstreams");
+        assert_eq!(e.line, 12, "{e}");
+    }
+
+    #[test]
+    fn user_hash_must_be_argon2id() {
+        let text = format!("{MINIMAL}[[user]]\nname = \"a\"\npassword_hash = \"plaintext\"\n");
+        let e = parse(&text).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (9, "user.password_hash"), "{e}");
+    }
+}

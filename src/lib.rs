@@ -1,0 +1,20 @@
+//! smarthost: an SMTP smart-host relay.
+//!
+//! The flow of a message, one module each: `listener` accepts, `session`
+//! speaks SMTP (with `tls`, `policy` for who may relay, `body` for content
+//! rules), `spool` makes it durable. `config` is parsed once at start;
+//! `error` maps every refusal to its reply.
+
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod listener;
+pub mod policy;
+pub mod reply;
+pub mod server;
+pub mod session;
+pub mod spool;
+pub mod tls;
+
+pub use config::Config;
+pub use server::{ServerContext, bind, serve};

@@ -1,0 +1,98 @@
+//! The running relay: shared state, listeners, and orderly shutdown.
+
+use std::io;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::{Config, ListenerConfig};
+use crate::listener;
+use crate::spool::Spool;
+use crate::tls::{self, TlsSetupError};
+
+/// What every session shares: the config it started with, TLS and the spool.
+pub struct ServerContext {
+    pub config: Config,
+    pub tls: Arc<rustls::ServerConfig>,
+    pub spool: Spool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Tls(#[from] TlsSetupError),
+    #[error("cannot open the spool at {path}: {source}")]
+    Spool { path: String, source: io::Error },
+    #[error("cannot listen on {address}: {source}")]
+    Listen { address: String, source: io::Error },
+}
+
+impl ServerContext {
+    /// Loads certificates and opens the spool (clearing crash debris).
+    pub fn new(config: Config) -> Result<Arc<ServerContext>, StartError> {
+        if config.tls.is_none() {
+            warn!("no [tls] section: using a self-signed ECDSA certificate made now");
+        }
+        let tls = tls::server_config(config.tls.as_ref(), &config.hostname)?;
+        let spool = Spool::open(&config.queue.path).map_err(|source| StartError::Spool {
+            path: config.queue.path.display().to_string(),
+            source,
+        })?;
+        Ok(Arc::new(ServerContext { config, tls, spool }))
+    }
+}
+
+/// Binds every configured listener.
+pub async fn bind(config: &Config) -> Result<Vec<(TcpListener, ListenerConfig)>, StartError> {
+    let mut bound = Vec::new();
+    for l in &config.listeners {
+        let socket = TcpListener::bind(l.address)
+            .await
+            .map_err(|source| StartError::Listen {
+                address: l.address.to_string(),
+                source,
+            })?;
+        bound.push((socket, l.clone()));
+    }
+    Ok(bound)
+}
+
+/// Serves on already-bound listeners until `shutdown` is cancelled, then
+/// stops accepting, lets sessions finish (idle ones get `421 4.3.2`), and
+/// returns once they have, or after `shutdown_grace`.
+pub async fn serve(
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    ctx: Arc<ServerContext>,
+    shutdown: CancellationToken,
+) {
+    let sessions = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+    let mut accept_loops = Vec::new();
+    for (socket, config) in listeners {
+        info!(address = %config.address, tls = ?config.tls, "listening");
+        accept_loops.push(tokio::spawn(listener::accept_loop(
+            socket,
+            config,
+            ctx.clone(),
+            slots.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        )));
+    }
+    for l in accept_loops {
+        let _ = l.await;
+    }
+    sessions.close();
+    let grace = ctx.config.limits.shutdown_grace;
+    info!(open = sessions.len(), "draining sessions");
+    if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
+        warn!(
+            open = sessions.len(),
+            "sessions still open after {grace:?}; exiting (their messages were not acknowledged)"
+        );
+    }
+}

@@ -1,0 +1,418 @@
+//! The durable spool: where an accepted message lives until it is delivered.
+//!
+//! # On-disk format (version 1)
+//!
+//! ```text
+//! <queue.path>/
+//!   tmp/<id>.eml, tmp/<id>.json   being written; anything here at start is debris
+//!   msg/<id>.eml                  the message exactly as it will be relayed: our
+//!                                 Received header, then the content, CRLF line
+//!                                 endings only (no bare CR or LF), ending in CRLF
+//!   msg/<id>.json                 the envelope (`Envelope`, JSON), with one status
+//!                                 per recipient, which delivery rewrites
+//! ```
+//!
+//! A message is queued if and only if both `msg/<id>.eml` and `msg/<id>.json`
+//! exist. Storing one: write both to `tmp/`, fsync each, rename both into `msg/`
+//! (body first), fsync `msg/`, and only then answer `250`. A crash before that
+//! directory fsync may leave one of the pair or neither; no 250 was sent for it,
+//! so `Spool::open` removes a lone file as debris. Delivery updates an envelope
+//! the same way: write `tmp/<id>.json`, fsync, rename over `msg/<id>.json`, fsync
+//! `msg/`; a message is removed (json first, then eml) when no recipient is pending.
+//!
+//! Directory fsyncs are shared between concurrent stores (`DirSync`): one fsync
+//! started after a rename covers it, so under load many sessions' messages are
+//! made durable by one call (group commit).
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+/// Why a message could not be stored; the session answers 451 or 452 (never 250).
+#[derive(Debug, thiserror::Error)]
+pub enum SpoolError {
+    #[error("spool I/O error: {0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt spool entry {id}: {reason}")]
+    Corrupt { id: String, reason: String },
+    #[error("spool task failed: {0}")]
+    Task(String),
+}
+
+impl SpoolError {
+    /// Out of disk space or quota: `452 4.3.1` rather than `451 4.3.0`.
+    pub fn is_out_of_space(&self) -> bool {
+        match self {
+            SpoolError::Io(e) => {
+                matches!(
+                    e.kind(),
+                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+                ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The envelope of one message, as stored in `msg/<id>.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Envelope {
+    /// Format version; readers refuse versions they do not know.
+    pub version: u32,
+    pub id: String,
+    /// Seconds since the Unix epoch when the 250 was sent.
+    pub received_at: u64,
+    pub client: ClientInfo,
+    /// The reverse path; empty for the null sender `<>`.
+    pub sender: String,
+    pub params: MailParams,
+    pub recipients: Vec<Recipient>,
+    /// Bytes in `msg/<id>.eml`; checked when the message is read back.
+    pub size: u64,
+}
+
+/// Who handed the message over, for logs, Received headers and bounces.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientInfo {
+    pub address: SocketAddr,
+    pub helo: String,
+    /// `None` when the session was not encrypted.
+    pub tls: Option<TlsInfo>,
+    /// The SMTP AUTH identity, when the client authenticated.
+    pub auth: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsInfo {
+    /// e.g. `TLSv1_3`.
+    pub version: String,
+    /// e.g. `TLS13_AES_256_GCM_SHA384`.
+    pub cipher: String,
+}
+
+/// The MAIL FROM parameters that travel with the message.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MailParams {
+    /// `SIZE=` as declared by the client (RFC 1870), if any.
+    pub declared_size: Option<u64>,
+    /// `BODY=` value: `7BIT` or `8BITMIME` (RFC 6152).
+    pub body: Option<String>,
+    /// The message needs SMTPUTF8 (RFC 6531).
+    pub smtputf8: bool,
+    /// DSN `RET=` and `ENVID=` (RFC 3461), kept for the delivery stage.
+    pub ret: Option<String>,
+    pub envid: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Recipient {
+    pub address: String,
+    /// DSN `ORCPT=` and `NOTIFY=` (RFC 3461), when given.
+    pub orcpt: Option<String>,
+    pub notify: Option<Vec<String>>,
+    pub status: RecipientStatus,
+}
+
+/// Delivery state of one recipient; delivery rewrites it after each attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum RecipientStatus {
+    Pending,
+    Delivered {
+        upstream: String,
+        reply: String,
+        at: u64,
+    },
+    Deferred {
+        reply: String,
+        attempts: u32,
+        next_attempt: u64,
+    },
+    Failed {
+        reply: String,
+        at: u64,
+    },
+}
+
+pub const FORMAT_VERSION: u32 = 1;
+
+/// A fresh queue id: time-ordered, unique within and across runs.
+/// Hex of microseconds since the epoch, a per-process sequence and random bits.
+pub fn new_queue_id() -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    let micros = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_micros() as u64;
+    let seq = SEQ.fetch_add(1, Ordering::Relaxed) & 0xffff;
+    let noise: u16 = rand::random();
+    format!("{micros:013X}{seq:04X}{noise:04X}")
+}
+
+pub fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// Shares directory fsyncs between concurrent writers (group commit).
+struct DirSync {
+    dir: PathBuf,
+    /// Renames completed so far (incremented after each rename).
+    renamed: AtomicU64,
+    /// The value of `renamed` when the last successful fsync started.
+    synced: Mutex<u64>,
+}
+
+impl DirSync {
+    /// Returns once an fsync of the directory that began after the caller's
+    /// rename has succeeded: the caller's own, or one it queued behind.
+    fn sync_after_rename(&self) -> io::Result<()> {
+        let mine = self.renamed.fetch_add(1, Ordering::SeqCst) + 1;
+        let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
+        if *synced >= mine {
+            return Ok(());
+        }
+        let upto = self.renamed.load(Ordering::SeqCst);
+        File::open(&self.dir)?.sync_all()?;
+        *synced = upto;
+        Ok(())
+    }
+}
+
+/// The spool directory. Cheap to clone; safe to share between sessions.
+#[derive(Clone)]
+pub struct Spool {
+    inner: Arc<SpoolInner>,
+}
+
+struct SpoolInner {
+    msg_dir: PathBuf,
+    tmp_dir: PathBuf,
+    dir_sync: DirSync,
+}
+
+impl Spool {
+    /// Opens (creating if needed) the spool at `root` and clears crash debris.
+    pub fn open(root: &Path) -> io::Result<Spool> {
+        let msg_dir = root.join("msg");
+        let tmp_dir = root.join("tmp");
+        fs::create_dir_all(&msg_dir)?;
+        fs::create_dir_all(&tmp_dir)?;
+        for entry in fs::read_dir(&tmp_dir)? {
+            fs::remove_file(entry?.path())?;
+        }
+        // A lone half of a pair was never acknowledged: see the module docs.
+        for entry in fs::read_dir(&msg_dir)? {
+            let path = entry?.path();
+            let twin = match path.extension().and_then(|e| e.to_str()) {
+                Some("eml") => path.with_extension("json"),
+                Some("json") => path.with_extension("eml"),
+                _ => continue,
+            };
+            if !twin.exists() {
+                tracing::warn!(file = %path.display(), "removing unacknowledged spool file left by a crash");
+                fs::remove_file(&path)?;
+            }
+        }
+        File::open(&msg_dir)?.sync_all()?;
+        Ok(Spool {
+            inner: Arc::new(SpoolInner {
+                dir_sync: DirSync {
+                    dir: msg_dir.clone(),
+                    renamed: AtomicU64::new(0),
+                    synced: Mutex::new(0),
+                },
+                msg_dir,
+                tmp_dir,
+            }),
+        })
+    }
+
+    pub fn message_path(&self, id: &str) -> PathBuf {
+        self.inner.msg_dir.join(format!("{id}.eml"))
+    }
+
+    pub fn envelope_path(&self, id: &str) -> PathBuf {
+        self.inner.msg_dir.join(format!("{id}.json"))
+    }
+
+    /// Makes `message` and `envelope` durable. When this returns `Ok`, both
+    /// survive a crash or power loss, and the 250 may be sent.
+    pub async fn store(&self, envelope: &Envelope, message: Vec<u8>) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
+        let inner = self.inner.clone();
+        let id = envelope.id.clone();
+        tokio::task::spawn_blocking(move || inner.store_blocking(&id, &message, &json))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    /// Ids of the queued messages, oldest first.
+    pub fn list(&self) -> io::Result<Vec<String>> {
+        let mut ids: Vec<String> = fs::read_dir(&self.inner.msg_dir)?
+            .filter_map(|e| {
+                let name = e.ok()?.file_name().into_string().ok()?;
+                name.strip_suffix(".json").map(str::to_owned)
+            })
+            .filter(|id| self.message_path(id).exists())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    /// Reads one queued message back, checking that the pair is consistent.
+    pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let json = fs::read(self.envelope_path(id))?;
+        let envelope = parse_envelope(id, &json)?;
+        let message = fs::read(self.message_path(id))?;
+        if message.len() as u64 != envelope.size {
+            return Err(SpoolError::Corrupt {
+                id: id.into(),
+                reason: format!(
+                    "message is {} bytes, envelope says {}",
+                    message.len(),
+                    envelope.size
+                ),
+            });
+        }
+        Ok((envelope, message))
+    }
+}
+
+/// Parses an envelope file; truncated or foreign input is an error, never a panic.
+pub fn parse_envelope(id: &str, json: &[u8]) -> Result<Envelope, SpoolError> {
+    let corrupt = |reason: String| SpoolError::Corrupt {
+        id: id.into(),
+        reason,
+    };
+    let envelope: Envelope = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
+    if envelope.version != FORMAT_VERSION {
+        return Err(corrupt(format!("unknown format version {}", envelope.version)));
+    }
+    if envelope.id != id {
+        return Err(corrupt(format!("envelope names id {}", envelope.id)));
+    }
+    Ok(envelope)
+}
+
+impl SpoolInner {
+    fn store_blocking(&self, id: &str, message: &[u8], json: &[u8]) -> Result<(), SpoolError> {
+        let tmp_eml = self.tmp_dir.join(format!("{id}.eml"));
+        let tmp_json = self.tmp_dir.join(format!("{id}.json"));
+        let result = (|| {
+            write_synced(&tmp_eml, message)?;
+            write_synced(&tmp_json, json)?;
+            fs::rename(&tmp_eml, self.msg_dir.join(format!("{id}.eml")))?;
+            fs::rename(&tmp_json, self.msg_dir.join(format!("{id}.json")))?;
+            self.dir_sync.sync_after_rename()
+        })();
+        if let Err(e) = result {
+            // Leave nothing that looks accepted: no 250 will be sent.
+            for p in [
+                tmp_eml,
+                tmp_json,
+                self.msg_dir.join(format!("{id}.json")),
+                self.msg_dir.join(format!("{id}.eml")),
+            ] {
+                let _ = fs::remove_file(p);
+            }
+            return Err(e.into());
+        }
+        Ok(())
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?;
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: &str, size: u64) -> Envelope {
+        Envelope {
+            version: FORMAT_VERSION,
+            id: id.into(),
+            received_at: 1,
+            client: ClientInfo {
+                address: "127.0.0.1:1".parse().unwrap(),
+                helo: "h".into(),
+                tls: None,
+                auth: None,
+            },
+            sender: "a@b.example".into(),
+            params: MailParams::default(),
+            recipients: vec![Recipient {
+                address: "c@d.example".into(),
+                orcpt: None,
+                notify: None,
+                status: RecipientStatus::Pending,
+            }],
+            size,
+        }
+    }
+
+    #[tokio::test]
+    async fn store_then_read_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let id = new_queue_id();
+        spool
+            .store(&envelope(&id, 6), b"hi\r\n\r\n".to_vec())
+            .await
+            .unwrap();
+        assert_eq!(spool.list().unwrap(), vec![id.clone()]);
+        let (env, body) = spool.read(&id).unwrap();
+        assert_eq!(env, envelope(&id, 6));
+        assert_eq!(body, b"hi\r\n\r\n");
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn open_removes_lone_halves_and_tmp_debris() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path()).unwrap());
+        fs::write(dir.path().join("msg/A.eml"), b"x").unwrap();
+        fs::write(dir.path().join("msg/B.json"), b"{}").unwrap();
+        fs::write(dir.path().join("tmp/C.eml"), b"x").unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert!(!dir.path().join("msg/A.eml").exists());
+        assert!(!dir.path().join("msg/B.json").exists());
+        assert!(!dir.path().join("tmp/C.eml").exists());
+    }
+
+    #[test]
+    fn corrupt_envelopes_are_errors() {
+        let good = serde_json::to_vec(&envelope("X", 1)).unwrap();
+        for cut in [0, 1, good.len() / 2, good.len() - 1] {
+            assert!(parse_envelope("X", &good[..cut]).is_err());
+        }
+        assert!(parse_envelope("Y", &good).is_err());
+        assert!(parse_envelope("X", &good).is_ok());
+    }
+
+    #[test]
+    fn queue_ids_are_unique_and_ordered() {
+        let a = new_queue_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let b = new_queue_id();
+        assert!(a < b, "{a} {b}");
+        assert_eq!(a.len(), 21);
+    }
+}
