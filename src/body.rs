@@ -170,9 +170,15 @@ impl Trace<'_> {
                 }
             })
             .collect();
-        let mut h = format!("Received: from {helo} ({ip})\r\n\tby {} (smarthost) with {with}", self.hostname);
+        let mut h = format!(
+            "Received: from {helo} ({ip})\r\n\tby {} (smarthost) with {with}",
+            self.hostname
+        );
         if let Some(tls) = self.tls {
-            h.push_str(&format!("\r\n\t(version={} cipher={})", tls.version, tls.cipher));
+            h.push_str(&format!(
+                "\r\n\t(version={} cipher={})",
+                tls.version, tls.cipher
+            ));
         }
         h.push_str(&format!("\r\n\tid {}", self.queue_id));
         if let Some(rcpt) = self.single_recipient {
@@ -214,7 +220,10 @@ mod tests {
                 Err(SmtpError::BareLineEnding)
             ));
         }
-        assert_eq!(content(&[b"ok\r\n"], BareLineEndings::Reject).unwrap(), b"ok\r\n");
+        assert_eq!(
+            content(&[b"ok\r\n"], BareLineEndings::Reject).unwrap(),
+            b"ok\r\n"
+        );
     }
 
     #[test]

@@ -389,9 +389,11 @@ impl Config {
         for l in &raw.listener {
             let span = l.span();
             let l = l.get_ref();
-            if listeners
-                .iter()
-                .any(|o: &ListenerConfig| o.address == l.address)
+            // Port 0 (any free port) may repeat; tests bind several that way.
+            if l.address.port() != 0
+                && listeners
+                    .iter()
+                    .any(|o: &ListenerConfig| o.address == l.address)
             {
                 return Err(v.error(
                     v.line(span.start),
@@ -440,7 +442,10 @@ impl Config {
                 return Err(v.error(
                     v.line(net.span().start),
                     "access.relay_networks",
-                    format!("{} lets every address on the Internet relay: an open relay", net.get_ref()),
+                    format!(
+                        "{} lets every address on the Internet relay: an open relay",
+                        net.get_ref()
+                    ),
                     "list only your own mail servers' networks, e.g. \"192.0.2.10/32\"",
                 ));
             }
@@ -510,7 +515,9 @@ impl Config {
 
         let queue = match raw.queue {
             Some(q) => {
-                let d = |x: Option<HumanDuration>, def: u64| x.map_or(Duration::from_secs(def), |h| h.0);
+                let d = |x: Option<HumanDuration>, def: u64| {
+                    x.map_or(Duration::from_secs(def), |h| h.0)
+                };
                 QueueConfig {
                     path: resolve(q.path),
                     retry_min: d(q.retry_min, 60),
@@ -564,7 +571,10 @@ impl Config {
                 return Err(v.error(
                     v.line(span.start),
                     "upstream.username",
-                    format!("upstream {:?} has only one of username and password_file", u.name),
+                    format!(
+                        "upstream {:?} has only one of username and password_file",
+                        u.name
+                    ),
                     "set both (upstream AUTH) or neither",
                 ));
             }
@@ -650,7 +660,11 @@ impl Config {
                         ListenerTls::Starttls => "starttls",
                         ListenerTls::Implicit => "implicit tls",
                     },
-                    if l.require_tls { ", tls required" } else { ", tls optional" }
+                    if l.require_tls {
+                        ", tls required"
+                    } else {
+                        ", tls optional"
+                    }
                 )
             })
             .collect();
@@ -709,7 +723,10 @@ struct Validator<'a> {
 
 impl Validator<'_> {
     fn line(&self, offset: usize) -> usize {
-        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+        self.text[..offset.min(self.text.len())]
+            .matches('\n')
+            .count()
+            + 1
     }
 
     fn error(
@@ -810,9 +827,17 @@ impl Validator<'_> {
             }
             Ok(())
         };
-        positive(raw.max_message_size, "max_message_size", &mut l.max_message_size)?;
+        positive(
+            raw.max_message_size,
+            "max_message_size",
+            &mut l.max_message_size,
+        )?;
         positive(raw.max_recipients, "max_recipients", &mut l.max_recipients)?;
-        positive(raw.max_connections, "max_connections", &mut l.max_connections)?;
+        positive(
+            raw.max_connections,
+            "max_connections",
+            &mut l.max_connections,
+        )?;
         positive(
             raw.max_connections_per_ip,
             "max_connections_per_ip",
@@ -885,18 +910,29 @@ mod tests {
 
     #[test]
     fn bad_duration_and_network_are_located() {
-        let e = parse(&format!("{MINIMAL}[limits]\ndata_timeout = \"10 parsecs\"\n")).unwrap_err();
+        let e = parse(&format!(
+            "{MINIMAL}[limits]\ndata_timeout = \"10 parsecs\"\n"
+        ))
+        .unwrap_err();
         assert_eq!((e.line, e.key.as_str()), (8, "limits.data_timeout"), "{e}");
-        let e = parse(&format!("{MINIMAL}[access]\nrelay_networks = [\"10.0.0.0/33\"]\n"))
-            .unwrap_err();
-        assert_eq!((e.line, e.key.as_str()), (8, "access.relay_networks"), "{e}");
+        let e = parse(&format!(
+            "{MINIMAL}[access]\nrelay_networks = [\"10.0.0.0/33\"]\n"
+        ))
+        .unwrap_err();
+        assert_eq!(
+            (e.line, e.key.as_str()),
+            (8, "access.relay_networks"),
+            "{e}"
+        );
     }
 
     #[test]
     fn open_relay_networks_are_refused() {
         for net in ["0.0.0.0/0", "::/0"] {
-            let e = parse(&format!("{MINIMAL}[access]\nrelay_networks = [\"{net}\"]\n"))
-                .unwrap_err();
+            let e = parse(&format!(
+                "{MINIMAL}[access]\nrelay_networks = [\"{net}\"]\n"
+            ))
+            .unwrap_err();
             assert!(e.problem.contains("open relay"), "{e}");
         }
     }

@@ -82,7 +82,9 @@ impl SmtpError {
         use SmtpError::*;
         match self {
             UnknownCommand => Reply::new(500, "5.5.1", "Command unrecognized"),
-            BadSequence(why) => Reply::new(503, "5.5.1", format!("Bad sequence of commands: {why}")),
+            BadSequence(why) => {
+                Reply::new(503, "5.5.1", format!("Bad sequence of commands: {why}"))
+            }
             LineTooLong => Reply::new(500, "5.5.2", "Line too long"),
             BadCharacters => Reply::new(500, "5.5.2", "Command contains NUL or bare CR"),
             Syntax(usage) => Reply::new(501, "5.5.4", format!("Syntax: {usage}")),
@@ -120,13 +122,13 @@ impl SmtpError {
             ShuttingDown => Reply::new(421, "4.3.2", "Service shutting down, try again later"),
             Timeout => Reply::new(421, "4.4.2", "Timeout exceeded, closing connection"),
             TooManyErrors => Reply::new(421, "4.7.0", "Too many errors, closing connection"),
-            TooManyConnections => {
-                Reply::new(421, "4.3.2", "Too many connections, try again later")
-            }
+            TooManyConnections => Reply::new(421, "4.3.2", "Too many connections, try again later"),
             Pregreet => Reply::new(554, "5.5.0", "Protocol error: talked before the greeting"),
-            PipelinedStartTls => {
-                Reply::new(554, "5.5.0", "Protocol error: data pipelined after STARTTLS")
-            }
+            PipelinedStartTls => Reply::new(
+                554,
+                "5.5.0",
+                "Protocol error: data pipelined after STARTTLS",
+            ),
             TlsHandshake => Reply::new(454, "4.7.0", "TLS not available due to temporary reason"),
         }
     }

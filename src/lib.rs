@@ -7,6 +7,7 @@
 
 pub mod body;
 pub mod config;
+pub mod dot;
 pub mod error;
 pub mod listener;
 pub mod policy;

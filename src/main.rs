@@ -61,7 +61,10 @@ fn check_config(path: PathBuf) -> ExitCode {
     };
     // Certificates are part of the config: a key that does not load is an error now.
     if let Err(e) = smarthost::tls::server_config(config.tls.as_ref(), &config.hostname) {
-        eprintln!("error: {}: `tls`: {e}\n  fix: point [tls] certificate/private_key at a PEM chain and its key", path.display());
+        eprintln!(
+            "error: {}: `tls`: {e}\n  fix: point [tls] certificate/private_key at a PEM chain and its key",
+            path.display()
+        );
         return ExitCode::FAILURE;
     }
     println!("{}: ok\n{}", path.display(), config.summary());

@@ -296,7 +296,10 @@ pub fn parse_envelope(id: &str, json: &[u8]) -> Result<Envelope, SpoolError> {
     };
     let envelope: Envelope = serde_json::from_slice(json).map_err(|e| corrupt(e.to_string()))?;
     if envelope.version != FORMAT_VERSION {
-        return Err(corrupt(format!("unknown format version {}", envelope.version)));
+        return Err(corrupt(format!(
+            "unknown format version {}",
+            envelope.version
+        )));
     }
     if envelope.id != id {
         return Err(corrupt(format!("envelope names id {}", envelope.id)));
@@ -332,10 +335,7 @@ impl SpoolInner {
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(path)?;
+    let mut f = OpenOptions::new().write(true).create_new(true).open(path)?;
     f.write_all(bytes)?;
     f.sync_all()
 }

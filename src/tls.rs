@@ -75,14 +75,25 @@ fn load_certified_key(
             "no PEM certificate in the file (expected the full chain, leaf first)".into(),
         ));
     }
-    let key = PrivateKeyDer::from_pem_file(&paths.private_key)
-        .map_err(|e| file_err(&paths.private_key, format!("cannot read the private key: {e}")))?;
-    let certified = CertifiedKey::from_der(chain, key, provider)
-        .map_err(|e| file_err(&paths.private_key, format!("key does not fit the certificate: {e}")))?;
+    let key = PrivateKeyDer::from_pem_file(&paths.private_key).map_err(|e| {
+        file_err(
+            &paths.private_key,
+            format!("cannot read the private key: {e}"),
+        )
+    })?;
+    let certified = CertifiedKey::from_der(chain, key, provider).map_err(|e| {
+        file_err(
+            &paths.private_key,
+            format!("key does not fit the certificate: {e}"),
+        )
+    })?;
     Ok(Arc::new(certified))
 }
 
-fn self_signed(hostname: &str, provider: &CryptoProvider) -> Result<Arc<CertifiedKey>, TlsSetupError> {
+fn self_signed(
+    hostname: &str,
+    provider: &CryptoProvider,
+) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let err = |e: rcgen::Error| TlsSetupError::SelfSigned(e.to_string());
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
     let mut names = vec![hostname.to_owned()];

@@ -123,7 +123,10 @@ mod tests {
 
     #[test]
     fn postmaster_is_not_the_null_sender() {
-        assert!(matches!(req("MAIL FROM:<postmaster>\r\n"), Err(SmtpError::BadSender)));
+        assert!(matches!(
+            req("MAIL FROM:<postmaster>\r\n"),
+            Err(SmtpError::BadSender)
+        ));
         match req("MAIL FROM:<>\r\n").unwrap() {
             Request::Mail { from } => assert_eq!(from.address, ""),
             r => panic!("{r:?}"),
@@ -132,7 +135,10 @@ mod tests {
             req("RCPT TO:<Postmaster>\r\n"),
             Err(SmtpError::UnqualifiedPostmaster)
         ));
-        assert!(matches!(req("RCPT TO:<>\r\n"), Err(SmtpError::BadRecipient)));
+        assert!(matches!(
+            req("RCPT TO:<>\r\n"),
+            Err(SmtpError::BadRecipient)
+        ));
     }
 
     #[test]
@@ -143,11 +149,17 @@ mod tests {
         ));
         assert!(matches!(
             req("BDAT 0000000000000000000000000005 LAST\r\n").unwrap(),
-            Request::Bdat { chunk_size: 5, is_last: true }
+            Request::Bdat {
+                chunk_size: 5,
+                is_last: true
+            }
         ));
         assert!(matches!(
             req("BDAT 0 LAST\r\n").unwrap(),
-            Request::Bdat { chunk_size: 0, is_last: true }
+            Request::Bdat {
+                chunk_size: 0,
+                is_last: true
+            }
         ));
     }
 
@@ -165,6 +177,9 @@ mod tests {
             req("MAIL FROM:<a@b.example> FOO=1\r\n"),
             Err(SmtpError::UnsupportedParameter(_))
         ));
-        assert!(matches!(req("XEXCH50 1 2\r\n"), Err(SmtpError::UnknownCommand)));
+        assert!(matches!(
+            req("XEXCH50 1 2\r\n"),
+            Err(SmtpError::UnknownCommand)
+        ));
     }
 }

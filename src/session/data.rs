@@ -1,11 +1,12 @@
 //! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): receiving the content, and
 //! the verdict, sent only once the message is durably spooled.
 
-use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
+use smtp_proto::request::receiver::BdatReceiver;
 use tracing::{error, info};
 
 use super::{Flow, Session, State};
 use crate::body::{Content, Trace};
+use crate::dot::DotReader;
 use crate::error::SmtpError;
 use crate::reply::Reply;
 use crate::spool::{self, Envelope};
@@ -25,14 +26,8 @@ impl Session {
             spool::new_queue_id(),
             Content::new(limits.max_message_size, limits.bare_line_endings),
         ));
-        let mut receiver = DataReceiver::new();
-        // RFC 5321 §4.1.1.4: the CRLF ending the DATA line counts as the first
-        // CRLF of CRLF.CRLF, so "." on the first line ends an empty message.
-        // smtp-proto starts with no line behind it; prime it with one.
-        let mut primer = Vec::new();
-        receiver.ingest(&mut b"\r\n".iter(), &mut primer);
         self.state = State::Data {
-            receiver,
+            reader: DotReader::default(),
             scratch: Vec::new(),
         };
         Ok(Reply::plain(
@@ -86,15 +81,20 @@ impl Session {
             .and_then(|t| t.body.as_mut())
             .map(|(_, c)| c);
         match (&mut self.state, content) {
-            (State::Data { receiver, scratch }, Some(content)) => {
-                let done = receiver.ingest(bytes, scratch);
-                let hold = usize::from(!done && scratch.last() == Some(&b'\r'));
-                let ready = scratch.len() - hold;
-                content.push(&scratch[..ready]);
-                scratch.drain(..ready);
-                done
+            (State::Data { reader, scratch }, Some(content)) => {
+                let input = bytes.as_slice();
+                let end = reader.feed(input, scratch);
+                *bytes = input[end.unwrap_or(input.len())..].iter();
+                content.push(scratch);
+                scratch.clear();
+                end.is_some()
             }
-            (State::Bdat { receiver, scratch, .. }, Some(content)) => {
+            (
+                State::Bdat {
+                    receiver, scratch, ..
+                },
+                Some(content),
+            ) => {
                 let done = receiver.ingest(bytes, scratch);
                 content.push(scratch);
                 scratch.clear();

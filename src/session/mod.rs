@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use smtp_proto::Request;
-use smtp_proto::request::receiver::{BdatReceiver, DataReceiver};
+use smtp_proto::request::receiver::BdatReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::body::Content;
 use crate::config::{ListenerConfig, ListenerTls};
+use crate::dot::DotReader;
 use crate::error::SmtpError;
 use crate::reply::Reply;
 use crate::server::ServerContext;
@@ -48,9 +49,8 @@ enum State {
     SkipLine,
     /// Message content after DATA, until CRLF.CRLF.
     Data {
-        receiver: DataReceiver,
-        /// Unstuffed bytes not yet handed to `Content`: smtp-proto pops the CR of
-        /// the final CRLF from this buffer, so a trailing CR is held back here.
+        reader: DotReader,
+        /// Unstuffed bytes on their way to `Content`.
         scratch: Vec<u8>,
     },
     /// One BDAT chunk for the current transaction.
@@ -320,8 +320,7 @@ impl Session {
                     };
                     let line = &buf[pos..pos + nl + 1];
                     pos += nl + 1;
-                    self.command_deadline =
-                        Instant::now() + self.ctx.config.limits.command_timeout;
+                    self.command_deadline = Instant::now() + self.ctx.config.limits.command_timeout;
                     let flow = self.command(line).await;
                     if flow != Flow::Continue {
                         break flow;
@@ -386,6 +385,10 @@ impl Session {
         } = request
         {
             self.bdat(chunk_size, is_last);
+            if chunk_size == 0 {
+                // Nothing to read: the chunk (e.g. `BDAT 0 LAST`) is complete now.
+                return self.end_of_content().await;
+            }
             return Flow::Continue;
         }
         if self.needs_tls_first(&request) {

@@ -11,8 +11,11 @@ use crate::spool::{Recipient, RecipientStatus};
 impl Session {
     pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Result<Reply, SmtpError> {
         let max = self.ctx.config.limits.max_recipients;
-        let may_relay =
-            policy::may_relay(&self.ctx.config.access, self.client_ip(), self.auth.is_some());
+        let may_relay = policy::may_relay(
+            &self.ctx.config.access,
+            self.client_ip(),
+            self.auth.is_some(),
+        );
         let Some(txn) = self.txn.as_mut() else {
             return Err(SmtpError::BadSequence("send MAIL first"));
         };
