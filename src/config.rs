@@ -450,7 +450,7 @@ impl Config {
                 ));
             }
             let wide = match net.get_ref() {
-                IpNet::V4(n) => n.prefix_len() < 16,
+                IpNet::V4(n) => n.prefix_len() < 16 && !n.network().is_loopback(),
                 IpNet::V6(n) => n.prefix_len() < 32,
             };
             if wide {
