@@ -402,14 +402,6 @@ impl Config {
                     "give each [[listener]] its own address",
                 ));
             }
-            if l.proxy_protocol {
-                return Err(v.error(
-                    v.line(span.start),
-                    "listener.proxy_protocol",
-                    "PROXY protocol is not supported by this version",
-                    "set proxy_protocol = false (or remove it)",
-                ));
-            }
             listeners.push(ListenerConfig {
                 address: l.address,
                 tls: l.tls,
@@ -462,6 +454,15 @@ impl Config {
                 ));
             }
         }
+        if raw.listener.iter().any(|l| l.get_ref().proxy_protocol)
+            && raw.access.trusted_proxies.is_empty()
+        {
+            return Err(v.error_at_key(
+                "proxy_protocol",
+                "a listener expects PROXY headers but [access] trusted_proxies is empty, so every connection would be closed",
+                "list your load balancers' addresses in [access] trusted_proxies",
+            ));
+        }
         let access = AccessConfig {
             relay_networks: raw
                 .access
@@ -503,12 +504,6 @@ impl Config {
                 password_hash: hash,
                 allowed_sender_domains: u.allowed_sender_domains.map(lowercase_all),
             });
-        }
-        if !users.is_empty() {
-            warnings.push(
-                "[[user]] entries are validated, but SMTP AUTH is not offered by this version yet"
-                    .into(),
-            );
         }
 
         let limits = v.limits(raw.limits)?;
@@ -645,6 +640,38 @@ impl Config {
             admin: raw.admin.map(|a| AdminConfig { address: a.address }),
             warnings,
         })
+    }
+
+    /// An error found after parsing (a certificate that does not load, say),
+    /// located at the line of `file` that sets `key` to a value containing `value`.
+    pub fn error_at_value(
+        file: &Path,
+        key: &str,
+        value: &str,
+        problem: impl Into<String>,
+        fix: impl Into<String>,
+    ) -> ConfigError {
+        let text = std::fs::read_to_string(file).unwrap_or_default();
+        let v = Validator { text: &text, file };
+        let offset = text
+            .lines()
+            .scan(0, |pos, l| {
+                let start = *pos;
+                *pos += l.len() + 1;
+                Some((start, l))
+            })
+            .find(|(_, l)| {
+                l.split_once('=')
+                    .is_some_and(|(k, val)| k.trim() == key && val.contains(value))
+            })
+            .map(|(start, _)| start);
+        match offset {
+            Some(o) => {
+                let (line, path) = v.locate(o..o);
+                v.error(line, &path, problem, fix)
+            }
+            None => v.error(0, key, problem, fix),
+        }
     }
 
     /// A few lines for `check-config` and the start-up log.

@@ -57,6 +57,21 @@ pub enum SmtpError {
     BdatSizeOutOfRange,
     #[error("authentication not available")]
     AuthUnavailable,
+    /// RFC 4954 §6: AUTH before TLS on a listener where TLS is optional.
+    #[error("encryption required for authentication")]
+    EncryptionRequired,
+    #[error("unsupported SASL mechanism")]
+    UnsupportedMechanism,
+    #[error("authentication cancelled")]
+    AuthCancelled,
+    #[error("invalid base64 in SASL response")]
+    BadBase64,
+    #[error("authentication failed")]
+    AuthFailed,
+    #[error("too many authentication failures")]
+    TooManyAuthFailures,
+    #[error("too many connections from this address")]
+    TooManyConnectionsFromIp,
     #[error("spool: {0}")]
     Spool(#[from] SpoolError),
     #[error("shutting down")]
@@ -115,6 +130,23 @@ impl SmtpError {
             ),
             BdatSizeOutOfRange => Reply::new(501, "5.5.4", "BDAT chunk size out of range"),
             AuthUnavailable => Reply::new(502, "5.5.1", "AUTH not available"),
+            EncryptionRequired => Reply::new(
+                538,
+                "5.7.11",
+                "Encryption required for requested authentication mechanism",
+            ),
+            UnsupportedMechanism => Reply::new(504, "5.5.4", "Unrecognized authentication type"),
+            AuthCancelled => Reply::new(501, "5.7.0", "Authentication cancelled"),
+            BadBase64 => Reply::new(501, "5.5.2", "Cannot decode response"),
+            AuthFailed => Reply::new(535, "5.7.8", "Authentication credentials invalid"),
+            TooManyAuthFailures => Reply::new(
+                421,
+                "4.7.0",
+                "Too many authentication failures, closing connection",
+            ),
+            TooManyConnectionsFromIp => {
+                Reply::new(421, "4.7.0", "Too many connections from your address")
+            }
             Spool(e) if e.is_out_of_space() => {
                 Reply::new(452, "4.3.1", "Insufficient system storage, try again later")
             }
@@ -139,6 +171,8 @@ impl SmtpError {
         matches!(
             self,
             ShuttingDown
+                | TooManyAuthFailures
+                | TooManyConnectionsFromIp
                 | Timeout
                 | TooManyErrors
                 | TooManyConnections
@@ -167,6 +201,9 @@ impl SmtpError {
                 | TlsRequired
                 | RelayDenied
                 | AuthUnavailable
+                | EncryptionRequired
+                | UnsupportedMechanism
+                | BadBase64
         )
     }
 }

@@ -5,12 +5,15 @@
 //! rules), `spool` makes it durable. `config` is parsed once at start;
 //! `error` maps every refusal to its reply.
 
+pub mod auth;
 pub mod body;
 pub mod config;
+pub mod connections;
 pub mod dot;
 pub mod error;
 pub mod listener;
 pub mod policy;
+pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod session;

@@ -4,14 +4,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{Instrument, debug, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ListenerConfig;
+use crate::connections::PerAddress;
 use crate::error::SmtpError;
+use crate::proxy;
 use crate::server::ServerContext;
 use crate::session::Session;
 
@@ -21,6 +24,7 @@ pub async fn accept_loop(
     config: ListenerConfig,
     ctx: Arc<ServerContext>,
     slots: Arc<Semaphore>,
+    per_address: Arc<PerAddress>,
     sessions: TaskTracker,
     shutdown: CancellationToken,
 ) {
@@ -59,21 +63,58 @@ pub async fn accept_loop(
             continue;
         };
         let id = Session::next_id();
-        let session = Session::new(
+        let (ctx, config, per_address, shutdown) = (
             ctx.clone(),
             config.clone(),
-            peer,
-            Box::new(stream),
+            per_address.clone(),
             shutdown.clone(),
         );
         sessions.spawn(
             async move {
-                debug!("connected");
-                session.run().await;
-                debug!("closed");
+                connection(stream, peer, config, ctx, per_address, shutdown).await;
                 drop(permit);
             }
-            .instrument(info_span!("session", id, client = %peer)),
+            .instrument(info_span!("session", id, tcp_peer = %peer)),
         );
     }
+}
+
+/// One accepted connection: the PROXY header if the listener expects one, the
+/// per-address cap, then the SMTP session.
+async fn connection(
+    mut stream: TcpStream,
+    tcp_peer: std::net::SocketAddr,
+    config: ListenerConfig,
+    ctx: Arc<ServerContext>,
+    per_address: Arc<PerAddress>,
+    shutdown: CancellationToken,
+) {
+    let peer = if config.proxy_protocol {
+        let trusted = &ctx.config.access.trusted_proxies;
+        match proxy::read_client_address(&mut stream, tcp_peer, trusted).await {
+            Ok(client) => client,
+            Err(e) => {
+                // No banner, no reply: the source is not a proxy we trust.
+                info!("{e}; closing");
+                return;
+            }
+        }
+    } else {
+        tcp_peer
+    };
+    let limit = ctx.config.limits.max_connections_per_ip;
+    let Some(_slot) = per_address.try_acquire(peer.ip(), limit) else {
+        warn!(client = %peer, limit, "per-address connection limit reached");
+        let mut reply = Vec::new();
+        SmtpError::TooManyConnectionsFromIp
+            .reply()
+            .write_to(&mut reply);
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+        return;
+    };
+    debug!(client = %peer, "connected");
+    Session::new(ctx, config, peer, Box::new(stream), shutdown)
+        .run()
+        .await;
+    debug!(client = %peer, "closed");
 }

@@ -61,10 +61,7 @@ fn check_config(path: PathBuf) -> ExitCode {
     };
     // Certificates are part of the config: a key that does not load is an error now.
     if let Err(e) = smarthost::tls::server_config(config.tls.as_ref(), &config.hostname) {
-        eprintln!(
-            "error: {}: `tls`: {e}\n  fix: point [tls] certificate/private_key at a PEM chain and its key",
-            path.display()
-        );
+        eprintln!("error: {}", locate_tls_error(&path, &e));
         return ExitCode::FAILURE;
     }
     println!("{}: ok\n{}", path.display(), config.summary());
@@ -103,6 +100,10 @@ fn serve(path: PathBuf) -> ExitCode {
         };
         let ctx = match ServerContext::new(config) {
             Ok(c) => c,
+            Err(smarthost::server::StartError::Tls(e)) => {
+                error!("{}", locate_tls_error(&path, &e));
+                return ExitCode::FAILURE;
+            }
             Err(e) => {
                 error!("{e}");
                 return ExitCode::FAILURE;
@@ -115,6 +116,25 @@ fn serve(path: PathBuf) -> ExitCode {
         info!("stopped");
         ExitCode::SUCCESS
     })
+}
+
+/// A certificate or key that does not load, as a config error at its line.
+fn locate_tls_error(config: &std::path::Path, e: &smarthost::tls::TlsSetupError) -> String {
+    use smarthost::tls::TlsSetupError;
+    let fix = "point it at a readable PEM file: the full chain (leaf first) for `certificate`, its private key for `private_key`";
+    match e {
+        TlsSetupError::File { path, key, problem } => {
+            let name = std::path::Path::new(path)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            Config::error_at_value(config, key, &name, format!("{path}: {problem}"), fix)
+                .to_string()
+        }
+        other => {
+            Config::error_at_value(config, "certificate", "", other.to_string(), fix).to_string()
+        }
+    }
 }
 
 /// SIGTERM or SIGINT: stop accepting and drain.

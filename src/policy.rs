@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use crate::config::AccessConfig;
+use crate::config::{AccessConfig, UserConfig};
 
 /// May this client relay? Only from `relay_networks` or after AUTH; an IPv4
 /// client seen as `::ffff:a.b.c.d` matches IPv4 rules (`to_canonical`).
@@ -11,14 +11,19 @@ pub fn may_relay(access: &AccessConfig, client: IpAddr, authenticated: bool) -> 
     authenticated || access.relay_networks.iter().any(|n| n.contains(&ip))
 }
 
-/// May mail come from `sender`? `[access] sender_domains`, when set, limits
-/// everyone; the null sender (bounces) is always allowed.
-pub fn sender_allowed(access: &AccessConfig, sender: &str) -> bool {
-    match &access.sender_domains {
-        None => true,
-        Some(_) if sender.is_empty() => true,
-        Some(domains) => domain_of(sender).is_some_and(|d| domains.contains(&d)),
+/// May mail come from `sender`? `[access] sender_domains` limits everyone and
+/// a user's `allowed_sender_domains` limits that user; the null sender
+/// (bounces) is always allowed.
+pub fn sender_allowed(access: &AccessConfig, user: Option<&UserConfig>, sender: &str) -> bool {
+    if sender.is_empty() {
+        return true;
     }
+    let domain = domain_of(sender);
+    let within = |list: &Option<Vec<String>>| match list {
+        None => true,
+        Some(domains) => domain.as_ref().is_some_and(|d| domains.contains(d)),
+    };
+    within(&access.sender_domains) && user.is_none_or(|u| within(&u.allowed_sender_domains))
 }
 
 /// The lower-cased domain of an address (after the last `@`).
@@ -54,9 +59,24 @@ mod tests {
     #[test]
     fn sender_domains_allow_null_sender() {
         let a = access(&[], Some(&["tenant.example"]));
-        assert!(sender_allowed(&a, ""));
-        assert!(sender_allowed(&a, "x@Tenant.Example"));
-        assert!(!sender_allowed(&a, "x@other.example"));
-        assert!(sender_allowed(&access(&[], None), "x@other.example"));
+        assert!(sender_allowed(&a, None, ""));
+        assert!(sender_allowed(&a, None, "x@Tenant.Example"));
+        assert!(!sender_allowed(&a, None, "x@other.example"));
+        assert!(sender_allowed(&access(&[], None), None, "x@other.example"));
+    }
+
+    #[test]
+    fn user_sender_domains_narrow_further() {
+        let user = UserConfig {
+            name: "u".into(),
+            password_hash: String::new(),
+            allowed_sender_domains: Some(vec!["a.example".into()]),
+        };
+        let open = access(&[], None);
+        assert!(sender_allowed(&open, Some(&user), "x@a.example"));
+        assert!(!sender_allowed(&open, Some(&user), "x@b.example"));
+        assert!(sender_allowed(&open, Some(&user), ""));
+        let both = access(&[], Some(&["b.example"]));
+        assert!(!sender_allowed(&both, Some(&user), "x@a.example"));
     }
 }

@@ -9,7 +9,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::auth::{AuthThrottle, Users};
 use crate::config::{Config, ListenerConfig};
+use crate::connections::PerAddress;
 use crate::listener;
 use crate::spool::Spool;
 use crate::tls::{self, TlsSetupError};
@@ -19,6 +21,9 @@ pub struct ServerContext {
     pub config: Config,
     pub tls: Arc<rustls::ServerConfig>,
     pub spool: Spool,
+    pub users: Users,
+    /// Shared by every session, so failures count across connections.
+    pub auth_throttle: Arc<AuthThrottle>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -42,7 +47,14 @@ impl ServerContext {
             path: config.queue.path.display().to_string(),
             source,
         })?;
-        Ok(Arc::new(ServerContext { config, tls, spool }))
+        let users = Users::new(&config.users);
+        Ok(Arc::new(ServerContext {
+            config,
+            tls,
+            spool,
+            users,
+            auth_throttle: Arc::default(),
+        }))
     }
 }
 
@@ -71,6 +83,7 @@ pub async fn serve(
 ) {
     let sessions = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
+    let per_address = Arc::new(PerAddress::default());
     let mut accept_loops = Vec::new();
     for (socket, config) in listeners {
         info!(address = %config.address, tls = ?config.tls, "listening");
@@ -79,6 +92,7 @@ pub async fn serve(
             config,
             ctx.clone(),
             slots.clone(),
+            per_address.clone(),
             sessions.clone(),
             shutdown.clone(),
         )));

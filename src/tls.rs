@@ -23,7 +23,12 @@ use crate::spool::TlsInfo;
 #[derive(Debug, thiserror::Error)]
 pub enum TlsSetupError {
     #[error("{path}: {problem}")]
-    File { path: String, problem: String },
+    File {
+        path: String,
+        /// The config key that named the file: `certificate` or `private_key`.
+        key: &'static str,
+        problem: String,
+    },
     #[error("cannot make a self-signed certificate: {0}")]
     SelfSigned(String),
     #[error("TLS configuration: {0}")]
@@ -64,6 +69,11 @@ fn load_certified_key(
 ) -> Result<Arc<CertifiedKey>, TlsSetupError> {
     let file_err = |path: &Path, problem: String| TlsSetupError::File {
         path: path.display().to_string(),
+        key: if path == paths.certificate {
+            "certificate"
+        } else {
+            "private_key"
+        },
         problem,
     };
     let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&paths.certificate)

@@ -418,7 +418,7 @@ async fn bad_input_gets_the_rfc_reply() {
     c.expect("500 5.5.2").await;
     c.cmd("EXPN list", "502 5.5.1").await;
     c.cmd("VRFY user", "252").await;
-    c.cmd("AUTH LOGIN", "502 5.5.1").await;
+    c.cmd("AUTH LOGIN", "538 5.7.11").await;
     c.cmd("QUIT", "221 2.0.0").await;
     assert_eq!(h.spool_files(), 0);
 }

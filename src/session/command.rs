@@ -56,6 +56,13 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         ParseError::UnknownCommand => SmtpError::UnknownCommand,
         ParseError::InvalidSenderAddress => SmtpError::BadSender,
         ParseError::InvalidRecipientAddress => SmtpError::BadRecipient,
+        // smtp-proto reports an unknown SASL mechanism as a syntax error;
+        // RFC 4954 §4 wants 504 for it.
+        ParseError::SyntaxError { .. }
+            if verb.eq_ignore_ascii_case(b"AUTH") && has_argument(body) =>
+        {
+            SmtpError::UnsupportedMechanism
+        }
         ParseError::SyntaxError { syntax } => SmtpError::Syntax(syntax),
         ParseError::InvalidParameter { param } => SmtpError::InvalidParameter(param),
         ParseError::UnsupportedParameter { param } => SmtpError::UnsupportedParameter(param),
@@ -79,6 +86,10 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         other => other,
     };
     Ok(Parsed::Request(request))
+}
+
+fn has_argument(line: &[u8]) -> bool {
+    line.split(|&b| b == b' ').filter(|t| !t.is_empty()).count() > 1
 }
 
 /// True when the path between `<` and `>` is empty (`<>`), as opposed to

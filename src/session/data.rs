@@ -142,7 +142,10 @@ impl Session {
                     }
                 }
             }
-            State::Command | State::SkipLine => Flow::Continue,
+            other => {
+                self.state = other;
+                Flow::Continue
+            }
         }
     }
 

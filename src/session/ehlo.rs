@@ -27,6 +27,9 @@ impl Session {
         if self.tls.is_none() {
             lines.push("STARTTLS".into());
         }
+        if self.auth_offered() {
+            lines.push("AUTH PLAIN LOGIN".into());
+        }
         Reply::plain(250, lines)
     }
 }

@@ -30,7 +30,11 @@ impl Session {
         if from.size > limit {
             return Err(SmtpError::MessageTooBig);
         }
-        if !policy::sender_allowed(&self.ctx.config.access, &from.address) {
+        let user = self
+            .auth
+            .as_deref()
+            .and_then(|name| self.ctx.users.get(name));
+        if !policy::sender_allowed(&self.ctx.config.access, user, &from.address) {
             return Err(SmtpError::SenderDenied);
         }
         let body = if from.flags & MAIL_BODY_8BITMIME != 0 {

@@ -5,6 +5,7 @@
 //! in order; replies are batched and flushed whenever input runs dry. The
 //! per-verb handlers live in the sibling files (`ehlo.rs`, `mail.rs`, ...).
 
+mod auth;
 mod command;
 mod data;
 mod ehlo;
@@ -59,6 +60,8 @@ enum State {
         scratch: Vec<u8>,
         size: usize,
     },
+    /// Inside an AUTH exchange: the next line is a SASL response.
+    Auth(auth::SaslStep),
     /// A refused BDAT chunk: its bytes are read and dropped (RFC 3030 §2), then
     /// `reply` is sent.
     SkipBdat {
@@ -108,6 +111,7 @@ pub struct Session {
     auth: Option<String>,
     txn: Option<Transaction>,
     errors: u32,
+    auth_failures: u32,
     /// When the command being waited for must have arrived by.
     command_deadline: Instant,
     shutdown: CancellationToken,
@@ -137,6 +141,7 @@ impl Session {
             auth: None,
             txn: None,
             errors: 0,
+            auth_failures: 0,
             command_deadline,
             shutdown,
         }
@@ -253,7 +258,10 @@ impl Session {
     /// Reads more input, within the deadline of the current state. Ok(false) on EOF.
     async fn read_more(&mut self) -> Result<bool, SmtpError> {
         let limits = &self.ctx.config.limits;
-        let in_command = matches!(self.state, State::Command | State::SkipLine);
+        let in_command = matches!(
+            self.state,
+            State::Command | State::SkipLine | State::Auth(_)
+        );
         let deadline = if in_command {
             self.command_deadline
         } else {
@@ -304,7 +312,7 @@ impl Session {
                 break Flow::Continue;
             }
             match &mut self.state {
-                State::Command => {
+                State::Command | State::Auth(_) => {
                     let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
                         if buf.len() - pos > MAX_LINE {
                             // Bounded memory: the line is answered now and its
@@ -321,7 +329,13 @@ impl Session {
                     let line = &buf[pos..pos + nl + 1];
                     pos += nl + 1;
                     self.command_deadline = Instant::now() + self.ctx.config.limits.command_timeout;
-                    let flow = self.command(line).await;
+                    let flow = match std::mem::replace(&mut self.state, State::Command) {
+                        State::Auth(step) if line.len() <= MAX_LINE => {
+                            self.sasl_line(step, line).await
+                        }
+                        State::Auth(_) => self.refuse(SmtpError::LineTooLong),
+                        _ => self.command(line).await,
+                    };
                     if flow != Flow::Continue {
                         break flow;
                     }
@@ -421,7 +435,10 @@ impl Session {
                 return Flow::Close;
             }
             Request::StartTls => return self.starttls(),
-            Request::Auth { .. } => Err(SmtpError::AuthUnavailable),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, initial_response).await,
             Request::Expn { .. }
             | Request::Etrn { .. }
             | Request::Atrn { .. }

@@ -1,0 +1,608 @@
+//! The command line of the real binary: `check-config`, `hash-password`, and
+//! `serve`'s start-up failures and signal handling (shared/INTERFACE.md).
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+use smarthost::spool::Spool;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
+
+// ---------------------------------------------------------------------------
+// Running the binary.
+
+/// A child process that is SIGKILLed if the test fails before it exits.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn signal(&self, sig: i32) {
+        // SAFETY: kill(2) on our own child's pid; no memory is involved.
+        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
+    }
+
+    /// The exit status, if the process ends within `limit`.
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(s) = self.child.try_wait().unwrap() {
+                return Some(s);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+struct Output {
+    status: ExitStatus,
+    stdout: String,
+    stderr: String,
+}
+
+/// Runs the binary to completion (30 s at most) with `stdin` as its input.
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut p = Proc {
+        child: Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::piped())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn smarthost"),
+    };
+    {
+        let mut input = p.child.stdin.take().unwrap();
+        let _ = input.write_all(stdin);
+    }
+    let status = p
+        .wait_for(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("smarthost {args:?} did not exit within 30 s"));
+    Output {
+        status,
+        stdout: std::fs::read_to_string(out).unwrap(),
+        stderr: std::fs::read_to_string(err).unwrap(),
+    }
+}
+
+fn check_config(path: &Path) -> Output {
+    run(&["check-config", "--config", path.to_str().unwrap()], b"")
+}
+
+/// A port that was free a moment ago (the socket is dropped before returning).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `smarthost serve` on the harness config, moved to a fixed free port.
+struct Relay {
+    proc: Proc,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Relay {
+    async fn start(h: &Harness) -> Relay {
+        let text = std::fs::read_to_string(&h.config_path).unwrap();
+        assert!(text.contains("127.0.0.1:0"), "{text}");
+        let mut last = String::new();
+        for attempt in 0..5 {
+            let port = free_port();
+            let config = h.dir.path().join(format!("serve-{attempt}.toml"));
+            std::fs::write(
+                &config,
+                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            )
+            .unwrap();
+            let log = h.dir.path().join(format!("serve-{attempt}.log"));
+            let mut relay = Relay {
+                proc: Proc {
+                    child: Command::new(BIN)
+                        .arg("serve")
+                        .arg("--config")
+                        .arg(&config)
+                        .stdin(Stdio::null())
+                        .stdout(Stdio::null())
+                        .stderr(std::fs::File::create(&log).unwrap())
+                        .spawn()
+                        .expect("spawn smarthost"),
+                },
+                port,
+                log,
+            };
+            match relay.wait_ready().await {
+                Ok(()) => return relay,
+                Err(e) => {
+                    last = format!("{e}\n{}", relay.log());
+                    if !last.contains("in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("relay did not start: {last}");
+    }
+
+    /// Polls until the relay sends its banner (15 s at most).
+    async fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Some(status) = self.proc.child.try_wait().unwrap() {
+                return Err(format!("relay exited early: {status}"));
+            }
+            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
+                let mut buf = [0u8; 512];
+                if let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                    && buf[..n].starts_with(b"220")
+                {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Err("relay not ready within 15 s".into())
+    }
+
+    async fn connect(&self) -> Client<TcpStream> {
+        Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap())
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// check-config
+
+/// A complete config; paths resolve against the harness directory.
+const GOOD: &str = r#"hostname = "relay.test"
+
+[[listener]]
+address = "127.0.0.1:2525"
+tls = "starttls"
+
+[tls]
+certificate = "server.crt"
+private_key = "server.key"
+
+[access]
+relay_networks = ["127.0.0.0/8", "::1/128"]
+
+[queue]
+path = "spool"
+
+[limits]
+max_message_size = 1048576
+data_timeout = "10m"
+
+[[upstream]]
+name = "eu-1"
+address = "eu-smtp-1.example.net:25"
+tls = "required"
+
+[[route]]
+sender_domains = ["tenant-a.example"]
+upstreams = ["eu-1"]
+"#;
+
+/// The 1-based line of the first line containing `needle`.
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in config"))
+        + 1
+}
+
+/// Writes `GOOD` with `from` replaced by `to` beside the harness certificates.
+fn variant(h: &Harness, name: &str, from: &str, to: &str) -> (PathBuf, String) {
+    assert!(GOOD.contains(from), "{from:?}");
+    let text = GOOD.replacen(from, to, 1);
+    let path = h.dir.path().join(name);
+    std::fs::write(&path, &text).unwrap();
+    (path, text)
+}
+
+/// Exit 1, nothing on stdout, and exactly one error on stderr naming the
+/// file, `line` (when given), `key`, and a fix containing `fix`.
+fn assert_one_error(out: &Output, path: &Path, line: Option<usize>, key: &str, fix: &str) {
+    let all = format!("stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(out.stdout.is_empty(), "{all}");
+    assert_eq!(
+        out.stderr
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().contains("error"))
+            .count(),
+        1,
+        "exactly one error wanted; {all}"
+    );
+    assert!(out.stderr.starts_with("error: "), "{all}");
+    let location = match line {
+        Some(n) => format!("{}:{n}: `{key}`", path.display()),
+        None => format!("{}: `{key}`", path.display()),
+    };
+    assert!(out.stderr.contains(&location), "wanted {location:?}; {all}");
+    let fix_text = out
+        .stderr
+        .split_once("fix:")
+        .unwrap_or_else(|| panic!("no fix; {all}"))
+        .1;
+    assert!(fix_text.contains(fix), "fix should mention {fix:?}; {all}");
+}
+
+#[test]
+fn check_config_accepts_a_good_config_and_summarises_it() {
+    let h = Harness::new("");
+    let path = h.dir.path().join("good.toml");
+    std::fs::write(&path, GOOD).unwrap();
+    let out = check_config(&path);
+    assert!(out.status.success(), "{} / {}", out.stdout, out.stderr);
+    assert!(out.stderr.is_empty(), "{}", out.stderr);
+    for expected in [
+        "ok",
+        "hostname: relay.test",
+        "127.0.0.1:2525",
+        "127.0.0.0/8",
+        "eu-1",
+    ] {
+        assert!(out.stdout.contains(expected), "{expected}: {}", out.stdout);
+    }
+    assert!(
+        out.stdout.lines().count() <= 20,
+        "not short: {}",
+        out.stdout
+    );
+    // Validation only: nothing is created.
+    assert!(!h.dir.path().join("spool").exists());
+}
+
+#[test]
+fn check_config_names_file_line_key_and_fix() {
+    let h = Harness::new("");
+    let cases: [(&str, &str, &str, &str, &str); 5] = [
+        // (from, to, line marker, key, fix mentions)
+        (
+            "max_message_size = 1048576",
+            "max_mesage_size = 1048576",
+            "max_mesage_size",
+            "limits.max_mesage_size",
+            "spelling",
+        ),
+        (
+            "data_timeout = \"10m\"",
+            "data_timeout = \"10 parsecs\"",
+            "data_timeout",
+            "limits.data_timeout",
+            "\"30s\"",
+        ),
+        (
+            "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+            "relay_networks = [\"10.0.0.0/33\"]",
+            "relay_networks",
+            "access.relay_networks",
+            "10.0.0.0/8",
+        ),
+        (
+            "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+            "relay_networks = [\"0.0.0.0/0\"]",
+            "relay_networks",
+            "access.relay_networks",
+            "your own",
+        ),
+        (
+            "address = \"127.0.0.1:2525\"",
+            "address = \"127.0.0.1\"",
+            "127.0.0.1",
+            "listener.address",
+            "port",
+        ),
+    ];
+    for (i, (from, to, marker, key, fix)) in cases.into_iter().enumerate() {
+        let (path, text) = variant(&h, &format!("bad-{i}.toml"), from, to);
+        let out = check_config(&path);
+        assert_one_error(&out, &path, Some(line_of(&text, marker)), key, fix);
+        if to.contains("0.0.0.0/0") {
+            assert!(out.stderr.contains("open relay"), "{}", out.stderr);
+        }
+    }
+}
+
+#[test]
+fn check_config_refuses_a_missing_queue_section() {
+    let h = Harness::new("");
+    let (path, _) = variant(&h, "noqueue.toml", "[queue]\npath = \"spool\"\n", "");
+    let out = check_config(&path);
+    // A missing section has no line of its own: file, key and fix are named.
+    assert_one_error(&out, &path, None, "queue.path", "[queue]");
+}
+
+#[test]
+fn check_config_refuses_a_route_to_an_unknown_upstream() {
+    let h = Harness::new("");
+    let (path, text) = variant(
+        &h,
+        "route.toml",
+        "upstreams = [\"eu-1\"]",
+        "upstreams = [\"us-1\"]",
+    );
+    let out = check_config(&path);
+    // The route is located at its [[route]] header or at its upstreams key.
+    let header = line_of(&text, "[[route]]");
+    let key_line = line_of(&text, "upstreams = [\"us-1\"]");
+    let line = if out
+        .stderr
+        .contains(&format!("{}:{header}:", path.display()))
+    {
+        header
+    } else {
+        key_line
+    };
+    assert_one_error(&out, &path, Some(line), "route.upstreams", "upstream");
+    assert!(out.stderr.contains("us-1"), "{}", out.stderr);
+}
+
+#[test]
+fn check_config_refuses_a_missing_certificate_file() {
+    let h = Harness::new("");
+    let (path, text) = variant(
+        &h,
+        "nocert.toml",
+        "certificate = \"server.crt\"",
+        "certificate = \"missing.crt\"",
+    );
+    let out = check_config(&path);
+    let all = format!("stdout: {}\nstderr: {}", out.stdout, out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{all}");
+    assert!(out.stderr.contains("missing.crt"), "{all}");
+    // The contract: one error naming the file, the line, the key and the fix.
+    assert_one_error(
+        &out,
+        &path,
+        Some(line_of(&text, "missing.crt")),
+        "tls.certificate",
+        "PEM",
+    );
+}
+
+/// The reference config shipped in the repository must pass check-config.
+#[test]
+fn repository_reference_config_passes_check_config() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/smarthost.toml");
+    assert!(path.exists(), "{} is missing", path.display());
+    let out = check_config(&path);
+    assert!(
+        out.status.success(),
+        "{}: {}{}",
+        path.display(),
+        out.stdout,
+        out.stderr
+    );
+    assert!(out.stdout.contains("ok"), "{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------
+// hash-password
+
+#[test]
+fn hash_password_prints_a_verifiable_argon2id_string() {
+    use argon2::{PasswordHash, PasswordVerifier};
+    let out = run(&["hash-password"], b"s3cret\n");
+    assert!(out.status.success(), "{}", out.stderr);
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{:?}", out.stdout);
+    let phc = lines[0];
+    assert!(phc.starts_with("$argon2id$v=19$"), "{phc}");
+    let hash = PasswordHash::new(phc).unwrap();
+    let argon = argon2::Argon2::default();
+    assert!(argon.verify_password(b"s3cret", &hash).is_ok());
+    assert!(argon.verify_password(b"wrong", &hash).is_err());
+    // The trailing newline is not part of the password.
+    assert!(argon.verify_password(b"s3cret\n", &hash).is_err());
+    // A fresh salt each time.
+    let again = run(&["hash-password"], b"s3cret\n");
+    assert_ne!(again.stdout.trim(), phc);
+    // Without a final newline (e.g. printf) and with CRLF it is the same password.
+    for input in [&b"s3cret"[..], b"s3cret\r\n"] {
+        let out = run(&["hash-password"], input);
+        assert!(out.status.success(), "{}", out.stderr);
+        let hash = PasswordHash::new(out.stdout.trim()).unwrap();
+        assert!(argon.verify_password(b"s3cret", &hash).is_ok());
+    }
+}
+
+#[test]
+fn hash_password_refuses_empty_input() {
+    for input in [&b""[..], b"\n"] {
+        let out = run(&["hash-password"], input);
+        assert!(!out.status.success(), "{input:?}: {}", out.stdout);
+        assert!(out.stdout.is_empty(), "{input:?}: {}", out.stdout);
+        assert!(!out.stderr.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------------------
+// serve
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_ends_idle_sessions_lets_data_finish_and_exits_0() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let h = Harness::new("");
+        let mut relay = Relay::start(&h).await;
+
+        // An idle session: greeted, EHLO, nothing more.
+        let mut idle = relay.connect().await;
+        idle.hello().await;
+        // A session halfway through its message.
+        let mut busy = tls_session(relay.connect().await, &h.ca).await;
+        busy.cmd("MAIL FROM:<late@tenant.example>", "250").await;
+        busy.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
+        busy.cmd("DATA", "354").await;
+        let body = message_of_size(100_000);
+        busy.send(&body[..50_000]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+
+        relay.proc.signal(libc::SIGTERM);
+        idle.expect("421 4.3.2").await;
+        assert!(idle.closed().await, "idle session not closed after 421");
+
+        // While draining: no new connections.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        loop {
+            match TcpStream::connect(("127.0.0.1", relay.port)).await {
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => break,
+                Err(e) => panic!("connect: {e}"),
+                Ok(_) => {
+                    assert!(
+                        Instant::now() < deadline,
+                        "still accepting 3 s after SIGTERM"
+                    );
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+        assert!(
+            relay.proc.child.try_wait().unwrap().is_none(),
+            "exited before the open message was finished"
+        );
+
+        // The open message finishes and is accepted; then the session is ended.
+        busy.send(&body[50_000..]).await;
+        busy.send(b".\r\n").await;
+        let r = busy.expect("250 2.0.0").await;
+        busy.expect("421 4.3.2").await;
+        assert!(busy.closed().await);
+
+        let status = tokio::task::block_in_place(|| relay.proc.wait_for(Duration::from_secs(5)))
+            .unwrap_or_else(|| panic!("still running 5 s after SIGTERM: {}", relay.log()));
+        assert!(status.success(), "{status}: {}", relay.log());
+        assert!(
+            TcpStream::connect(("127.0.0.1", relay.port)).await.is_err(),
+            "connection accepted after exit"
+        );
+
+        let spool = Spool::open(&h.spool_dir()).unwrap();
+        let ids = spool.list().unwrap();
+        assert_eq!(ids.len(), 1);
+        assert!(r.text().contains(&ids[0]), "{:?} vs {ids:?}", r.lines);
+        assert_eq!(strip_received(&spool.read(&ids[0]).unwrap().1), &body[..]);
+    })
+    .await
+    .expect("test timed out");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_stops_an_idle_relay_with_exit_0() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let h = Harness::new("");
+        let mut relay = Relay::start(&h).await;
+        let mut idle = relay.connect().await;
+        idle.hello().await;
+        relay.proc.signal(libc::SIGINT);
+        idle.expect("421 4.3.2").await;
+        assert!(idle.closed().await);
+        let status = tokio::task::block_in_place(|| relay.proc.wait_for(Duration::from_secs(5)))
+            .expect("exits within 5 s of SIGINT");
+        assert!(status.success(), "{status}: {}", relay.log());
+    })
+    .await
+    .expect("test timed out");
+}
+
+/// Runs `serve` expecting it to give up at once.
+fn serve_fails(config: &Path) -> Output {
+    run(&["serve", "--config", config.to_str().unwrap()], b"")
+}
+
+#[test]
+fn serve_with_an_unusable_config_exits_1_with_the_error_on_stderr() {
+    let h = Harness::new("");
+    let (path, _) = variant(
+        &h,
+        "typo.toml",
+        "max_message_size = 1048576",
+        "max_mesage_size = 1048576",
+    );
+    let out = serve_fails(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&path.display().to_string()),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("limits.max_mesage_size"),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("fix:"), "{}", out.stderr);
+
+    // Parses, but the certificate cannot be loaded.
+    let (path, _) = variant(
+        &h,
+        "nocert.toml",
+        "certificate = \"server.crt\"",
+        "certificate = \"missing.crt\"",
+    );
+    let out = serve_fails(&path);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("missing.crt"), "{}", out.stderr);
+
+    let out = serve_fails(&h.dir.path().join("does-not-exist.toml"));
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains("does-not-exist.toml"), "{}", out.stderr);
+}
+
+#[test]
+fn serve_on_a_taken_port_exits_1_with_a_clear_message() {
+    let h = Harness::new("");
+    let taken = StdListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let text = std::fs::read_to_string(&h.config_path)
+        .unwrap()
+        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
+    std::fs::write(&h.config_path, text).unwrap();
+    let out = serve_fails(&h.config_path);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("127.0.0.1:{port}")),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.to_ascii_lowercase().contains("in use"),
+        "{}",
+        out.stderr
+    );
+    drop(taken);
+}
