@@ -7,6 +7,9 @@
 //!   so the digits are checked first.
 //! - `<postmaster>` parses as an empty address, which would make
 //!   `MAIL FROM:<postmaster>` a null sender; the raw path is checked.
+//! - Address literals (`user@[192.0.2.1]`, RFC 5321 §4.1.3) are refused by its
+//!   address parser; a valid literal is swapped for a placeholder domain for
+//!   parsing and put back after.
 //! - NUL and bare CR: the parser drops CRs; RFC 5321 §2.3.8 says commands end in
 //!   CRLF and nothing else, so both are refused before parsing.
 
@@ -52,6 +55,18 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         check_bdat_size(body)?;
     }
 
+    let literal = address_literal(body);
+    let rewritten;
+    let line = match &literal {
+        // `range` indexes `body`, a prefix of `line`.
+        Some((_, range)) => {
+            let mut l = line.to_vec();
+            l.splice(range.clone(), LITERAL_PLACEHOLDER.bytes());
+            rewritten = l;
+            &rewritten[..]
+        }
+        None => line,
+    };
     let request = Request::parse(&mut line.iter()).map_err(|e| match e {
         ParseError::UnknownCommand => SmtpError::UnknownCommand,
         ParseError::InvalidSenderAddress => SmtpError::BadSender,
@@ -85,7 +100,41 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         }
         other => other,
     };
+    let request = match (request, literal) {
+        (Request::Mail { mut from }, Some((literal, _))) => {
+            from.address = from.address.replace(LITERAL_PLACEHOLDER, &literal);
+            Request::Mail { from }
+        }
+        (Request::Rcpt { mut to }, Some((literal, _))) => {
+            to.address = to.address.replace(LITERAL_PLACEHOLDER, &literal);
+            Request::Rcpt { to }
+        }
+        (request, _) => request,
+    };
     Ok(Parsed::Request(request))
+}
+
+/// Stands in for an address literal while smtp-proto parses the line.
+const LITERAL_PLACEHOLDER: &str = "address-literal.invalid";
+
+/// A valid `[IPv4]` or `[IPv6:...]` domain after `@` in a MAIL or RCPT line:
+/// the literal and the byte range it occupies.
+fn address_literal(line: &[u8]) -> Option<(String, std::ops::Range<usize>)> {
+    let verb = line.get(..4)?;
+    if !verb.eq_ignore_ascii_case(b"MAIL") && !verb.eq_ignore_ascii_case(b"RCPT") {
+        return None;
+    }
+    let start = line.windows(2).position(|w| w == b"@[")? + 1;
+    let end = start + line[start..].iter().position(|&b| b == b']')? + 1;
+    let literal = std::str::from_utf8(&line[start..end]).ok()?;
+    let inner = &literal[1..literal.len() - 1];
+    let valid = match inner.get(..5) {
+        Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
+            inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
+        }
+        _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
+    };
+    valid.then(|| (literal.to_owned(), start..end))
 }
 
 fn has_argument(line: &[u8]) -> bool {
@@ -149,6 +198,25 @@ mod tests {
         assert!(matches!(
             req("RCPT TO:<>\r\n"),
             Err(SmtpError::BadRecipient)
+        ));
+    }
+
+    #[test]
+    fn address_literals_survive_parsing() {
+        match req("MAIL FROM:<a@[192.0.2.1]> SIZE=10\r\n").unwrap() {
+            Request::Mail { from } => {
+                assert_eq!(from.address, "a@[192.0.2.1]");
+                assert_eq!(from.size, 10);
+            }
+            r => panic!("{r:?}"),
+        }
+        match req("RCPT TO:<b@[IPv6:2001:db8::1]>\r\n").unwrap() {
+            Request::Rcpt { to } => assert_eq!(to.address, "b@[IPv6:2001:db8::1]"),
+            r => panic!("{r:?}"),
+        }
+        assert!(matches!(
+            req("MAIL FROM:<a@[999.1.1.1]>\r\n"),
+            Err(SmtpError::BadSender)
         ));
     }
 
