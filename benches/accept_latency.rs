@@ -889,7 +889,7 @@ fn main() -> Res<()> {
             continue;
         };
         println!(
-            "  {:<40} throughput {:>7}   p50 latency {:>7}",
+            "  {:<42} throughput {:>7}   p50 latency {:>7}",
             format!("{many} / {one}"),
             ratio(ratio_vs(b, Some(a), |x, y| x.rate / y.rate)),
             ratio(ratio_vs(b, Some(a), |x, y| x.p50 / y.p50)),
