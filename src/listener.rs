@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -22,7 +22,7 @@ use crate::session::Session;
 pub async fn accept_loop(
     socket: TcpListener,
     config: ListenerConfig,
-    ctx: Arc<ServerContext>,
+    current: watch::Receiver<Arc<ServerContext>>,
     slots: Arc<Semaphore>,
     per_address: Arc<PerAddress>,
     sessions: TaskTracker,
@@ -63,8 +63,9 @@ pub async fn accept_loop(
             continue;
         };
         let id = Session::next_id();
+        // The config of this moment: a reload later does not change this session.
         let (ctx, config, per_address, shutdown) = (
-            ctx.clone(),
+            current.borrow().clone(),
             config.clone(),
             per_address.clone(),
             shutdown.clone(),

@@ -113,8 +113,10 @@ fn serve(path: PathBuf) -> ExitCode {
         };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
+        let (contexts, current) = tokio::sync::watch::channel(ctx);
+        tokio::spawn(reload_on_sighup(path.clone(), contexts));
         info!("smarthost {} started", env!("CARGO_PKG_VERSION"));
-        smarthost::serve(listeners, ctx, shutdown).await;
+        smarthost::server::serve_reloadable(listeners, current, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
@@ -135,6 +137,45 @@ fn locate_tls_error(config: &std::path::Path, e: &smarthost::tls::TlsSetupError)
         }
         other => {
             Config::error_at_value(config, "certificate", "", other.to_string(), fix).to_string()
+        }
+    }
+}
+
+/// SIGHUP: load the config again and, if it is valid, give it to new
+/// connections. A bad config is logged and the running one stays.
+async fn reload_on_sighup(
+    path: PathBuf,
+    contexts: tokio::sync::watch::Sender<std::sync::Arc<ServerContext>>,
+) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hup) = signal(SignalKind::hangup()) else {
+        error!("cannot install the SIGHUP handler");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        let running = contexts.borrow().clone();
+        let reloaded = match Config::load(&path) {
+            Ok(config) => {
+                let warnings = config.warnings.clone();
+                running
+                    .reload(config)
+                    .map(|ctx| (ctx, warnings))
+                    .map_err(|e| match e {
+                        smarthost::server::StartError::Tls(e) => locate_tls_error(&path, &e),
+                        other => other.to_string(),
+                    })
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        match reloaded {
+            Ok((ctx, warnings)) => {
+                for w in warnings {
+                    warn!("{w}");
+                }
+                contexts.send_replace(ctx);
+                info!(config = %path.display(), "SIGHUP: configuration reloaded");
+            }
+            Err(e) => error!("SIGHUP: reload refused, keeping the running configuration: {e}"),
         }
     }
 }

@@ -4,7 +4,7 @@ use std::io;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -34,6 +34,8 @@ pub enum StartError {
     Spool { path: String, source: io::Error },
     #[error("cannot listen on {address}: {source}")]
     Listen { address: String, source: io::Error },
+    #[error("{0}")]
+    Reload(String),
 }
 
 impl ServerContext {
@@ -54,6 +56,40 @@ impl ServerContext {
             spool,
             users,
             auth_throttle: Arc::default(),
+        }))
+    }
+}
+
+impl ServerContext {
+    /// A context for `config` that keeps what must outlive a reload: the open
+    /// spool (reopening would sweep in-flight temporary files) and the AUTH
+    /// failure counts. Certificates, users, networks and limits are new.
+    pub fn reload(&self, config: Config) -> Result<Arc<ServerContext>, StartError> {
+        if config.queue.path != self.config.queue.path {
+            return Err(StartError::Reload(
+                "queue.path differs from the running one; changing it needs a restart".into(),
+            ));
+        }
+        let listeners = |c: &Config| {
+            c.listeners
+                .iter()
+                .map(|l| (l.address, l.tls, l.require_tls, l.proxy_protocol))
+                .collect::<Vec<_>>()
+        };
+        if listeners(&config) != listeners(&self.config) {
+            warn!("[[listener]] changes take effect at the next restart");
+        }
+        if config.limits.max_connections != self.config.limits.max_connections {
+            warn!("limits.max_connections changes take effect at the next restart");
+        }
+        let tls = tls::server_config(config.tls.as_ref(), &config.hostname)?;
+        let users = Users::new(&config.users);
+        Ok(Arc::new(ServerContext {
+            config,
+            tls,
+            spool: self.spool.clone(),
+            users,
+            auth_throttle: self.auth_throttle.clone(),
         }))
     }
 }
@@ -81,6 +117,19 @@ pub async fn serve(
     ctx: Arc<ServerContext>,
     shutdown: CancellationToken,
 ) {
+    let (_keep, current) = watch::channel(ctx);
+    serve_reloadable(listeners, current, shutdown).await;
+}
+
+/// `serve`, where each new connection takes the context `current` holds at
+/// that moment: send a new one (SIGHUP) and open sessions keep the one they
+/// started with.
+pub async fn serve_reloadable(
+    listeners: Vec<(TcpListener, ListenerConfig)>,
+    current: watch::Receiver<Arc<ServerContext>>,
+    shutdown: CancellationToken,
+) {
+    let ctx = current.borrow().clone();
     let sessions = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
     let per_address = Arc::new(PerAddress::default());
@@ -90,7 +139,7 @@ pub async fn serve(
         accept_loops.push(tokio::spawn(listener::accept_loop(
             socket,
             config,
-            ctx.clone(),
+            current.clone(),
             slots.clone(),
             per_address.clone(),
             sessions.clone(),
@@ -101,7 +150,7 @@ pub async fn serve(
         let _ = l.await;
     }
     sessions.close();
-    let grace = ctx.config.limits.shutdown_grace;
+    let grace = current.borrow().config.limits.shutdown_grace;
     info!(open = sessions.len(), "draining sessions");
     if tokio::time::timeout(grace, sessions.wait()).await.is_err() {
         warn!(

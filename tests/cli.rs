@@ -108,6 +108,8 @@ struct Relay {
     proc: Proc,
     port: u16,
     log: PathBuf,
+    /// The config file it runs on (the harness config, on a fixed port).
+    config: PathBuf,
 }
 
 impl Relay {
@@ -138,6 +140,7 @@ impl Relay {
                 },
                 port,
                 log,
+                config,
             };
             match relay.wait_ready().await {
                 Ok(()) => return relay,
@@ -605,4 +608,59 @@ fn serve_on_a_taken_port_exits_1_with_a_clear_message() {
         out.stderr
     );
     drop(taken);
+}
+
+/// The banner of a fresh connection.
+async fn banner(relay: &Relay) -> String {
+    let mut c = relay.connect().await;
+    let r = c.expect("220").await;
+    c.cmd("QUIT", "221").await;
+    r.text()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_for_new_sessions_and_keeps_a_bad_config_out() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let h = Harness::new("");
+        let relay = Relay::start(&h).await;
+        let mut old = relay.connect().await;
+        old.hello().await;
+        let text = std::fs::read_to_string(&relay.config).unwrap();
+        std::fs::write(
+            &relay.config,
+            text.replace("hostname = \"relay.test\"", "hostname = \"reloaded.test\""),
+        )
+        .unwrap();
+        relay.proc.signal(libc::SIGHUP);
+        let mut seen = String::new();
+        for _ in 0..100 {
+            seen = banner(&relay).await;
+            if seen.contains("reloaded.test") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(seen.contains("reloaded.test"), "{seen}\n{}", relay.log());
+        // The session opened before the reload keeps its configuration.
+        let ehlo = old.cmd("EHLO again.example", "250").await;
+        assert!(ehlo.lines[0].contains("relay.test"), "{ehlo:?}");
+
+        // A broken config is refused; the running one stays.
+        std::fs::write(
+            &relay.config,
+            format!("{text}\n[limits]\nmax_mesage_size = 1\n"),
+        )
+        .unwrap();
+        relay.proc.signal(libc::SIGHUP);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !relay.log().contains("reload refused") {
+            assert!(Instant::now() < deadline, "{}", relay.log());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(relay.log().contains("max_mesage_size"), "{}", relay.log());
+        assert!(banner(&relay).await.contains("reloaded.test"));
+        old.cmd("QUIT", "221").await;
+    })
+    .await
+    .expect("test timed out");
 }
