@@ -257,7 +257,7 @@ struct RawAccess {
     #[serde(default)]
     relay_networks: Vec<Spanned<IpNet>>,
     #[serde(default)]
-    trusted_proxies: Vec<IpNet>,
+    trusted_proxies: Vec<Spanned<IpNet>>,
     sender_domains: Option<Vec<String>>,
 }
 
@@ -355,7 +355,7 @@ impl Config {
     /// Validates `text` as if read from `path` (relative paths resolve against its directory).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let v = Validator { text, file: path };
-        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
+        let mut raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -429,6 +429,16 @@ impl Config {
             );
         }
 
+        // Clients are matched by their canonical address (IPv4-mapped IPv6
+        // becomes IPv4), so networks written in mapped form are made IPv4 too.
+        for net in raw
+            .access
+            .relay_networks
+            .iter_mut()
+            .chain(raw.access.trusted_proxies.iter_mut())
+        {
+            *net.get_mut() = canonical_net(*net.get_ref());
+        }
         for net in &raw.access.relay_networks {
             if net.get_ref().prefix_len() == 0 {
                 return Err(v.error(
@@ -470,7 +480,12 @@ impl Config {
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
-            trusted_proxies: raw.access.trusted_proxies,
+            trusted_proxies: raw
+                .access
+                .trusted_proxies
+                .into_iter()
+                .map(Spanned::into_inner)
+                .collect(),
             sender_domains: raw.access.sender_domains.map(lowercase_all),
         };
 
@@ -730,6 +745,19 @@ impl Config {
     }
 }
 
+/// `::ffff:a.b.c.d/n` (n >= 96) as the IPv4 network it denotes.
+fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.network().to_ipv4_mapped() {
+            Some(v4) => ipnet::Ipv4Net::new(v4, v6.prefix_len() - 96)
+                .map(IpNet::V4)
+                .unwrap_or(net),
+            None => net,
+        },
+        other => other,
+    }
+}
+
 fn lowercase_all(v: Vec<String>) -> Vec<String> {
     v.into_iter().map(|d| d.to_ascii_lowercase()).collect()
 }
@@ -954,8 +982,20 @@ mod tests {
     }
 
     #[test]
+    fn mapped_networks_become_ipv4() {
+        let c = parse(&format!(
+            "{MINIMAL}[access]\nrelay_networks = [\"::ffff:192.0.2.0/120\"]\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.access.relay_networks,
+            ["192.0.2.0/24".parse::<IpNet>().unwrap()]
+        );
+    }
+
+    #[test]
     fn open_relay_networks_are_refused() {
-        for net in ["0.0.0.0/0", "::/0"] {
+        for net in ["0.0.0.0/0", "::/0", "::ffff:0.0.0.0/96"] {
             let e = parse(&format!(
                 "{MINIMAL}[access]\nrelay_networks = [\"{net}\"]\n"
             ))

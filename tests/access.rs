@@ -425,3 +425,32 @@ async fn proxy_header_from_untrusted_or_missing_closes_without_a_banner() {
     assert_eq!(h.spool_files(), 0);
     relay.stop().await;
 }
+
+/// The figure for the notes: how many AUTH attempts one address gets in a
+/// minute, reconnecting after every refusal (run with `--ignored`; 60 s).
+#[tokio::test(flavor = "multi_thread")]
+#[ignore]
+async fn brute_force_rate_from_one_address() {
+    let h = auth_harness("");
+    let relay = h.start().await;
+    let start = Instant::now();
+    let mut attempts = 0;
+    while start.elapsed() < Duration::from_secs(60) {
+        let c = connect_from("127.0.0.9", relay.addr()).await;
+        let mut c = tls_session(c, &h.ca).await;
+        c.reply_timeout = Duration::from_secs(120);
+        for _ in 0..3 {
+            let left = Duration::from_secs(60).saturating_sub(start.elapsed());
+            let line = format!("AUTH PLAIN {}", b64("\0exchange01\0guess"));
+            let attempt = c.cmd(&line, "");
+            match tokio::time::timeout(left, attempt).await {
+                Ok(r) if r.code == 535 || r.code == 421 => attempts += 1,
+                Ok(r) => panic!("{r:?}"),
+                Err(_) => break,
+            }
+        }
+    }
+    println!("AUTH attempts from one address in 60 s: {attempts}");
+    assert!(attempts <= 10, "{attempts}");
+    relay.stop().await;
+}

@@ -235,6 +235,8 @@ impl Running {
 pub struct Client<S> {
     pub stream: S,
     buf: Vec<u8>,
+    /// How long a reply may take before the test fails.
+    pub reply_timeout: Duration,
 }
 
 /// One reply: the code and every line as received.
@@ -260,6 +262,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
         Client {
             stream,
             buf: Vec::new(),
+            reply_timeout: Duration::from_secs(10),
         }
     }
 
@@ -299,9 +302,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Client<S> {
                 }
             }
             let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(Duration::from_secs(10), self.stream.read(&mut chunk))
+            let n = tokio::time::timeout(self.reply_timeout, self.stream.read(&mut chunk))
                 .await
-                .expect("reply within 10 s")
+                .expect("reply in time")
                 .unwrap_or(0);
             if n == 0 {
                 return None;

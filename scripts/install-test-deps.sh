@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# Installs the real third-party SMTP peers that tests/peers.rs drives:
+#   swaks (+ Net::SSLeay for its STARTTLS), openssl, ca-certificates, python3,
+#   haproxy (a real PROXY protocol sender for tests/peers_access.rs),
+#   and Exim's binary alone under /opt/exim (tests/peers/exim/install.sh).
+# Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
+# already present are not reinstalled and `apt-get update` runs only when
+# something is missing. No daemon is started (policy-rc.d denies every start
+# while we install) and no exim4 package is installed through dpkg, so postfix
+# stays installable.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+if [ "$(id -u)" -ne 0 ]; then
+  command -v sudo >/dev/null || { echo "$0: run as root (or install sudo)" >&2; exit 1; }
+  exec sudo -E "$0" "$@"
+fi
+command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2; exit 1; }
+
+here=$(cd "$(dirname "$0")" && pwd)
+packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy)
+
+# Packages not yet installed (dpkg's "install ok installed" state).
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q '^install ok installed$'; then
+    missing+=("$p")
+  fi
+done
+
+if [ ${#missing[@]} -gt 0 ]; then
+  # No maintainer script may start a service while we install (e.g. in a
+  # container without systemd an init script would really run).
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  # --no-install-recommends: swaks' Recommends are not needed, and nothing
+  # here may pull in a mail-transport-agent.
+  install() { apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
+  # Update the lists only when needed: a missing package unknown to them (a
+  # fresh machine has none), or an install that fails on stale ones.
+  if ! apt-get install -y -qq --no-install-recommends --simulate "${missing[@]}" >/dev/null 2>&1; then
+    apt-get update -qq
+  fi
+  if ! install "${missing[@]}"; then
+    apt-get update -qq
+    install "${missing[@]}"
+  fi
+fi
+
+for tool in swaks openssl python3 haproxy; do
+  command -v "$tool" >/dev/null || { echo "$0: $tool missing after install" >&2; exit 1; }
+done
+perl -MNet::SSLeay -e 1 || { echo "$0: perl Net::SSLeay missing (swaks --tls)" >&2; exit 1; }
+
+# Exim's binary under /opt/exim (unpacked, not installed: no daemon, no MTA
+# conflict). The script is itself idempotent.
+"$here/../tests/peers/exim/install.sh"
