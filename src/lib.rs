@@ -12,11 +12,14 @@ pub mod connections;
 pub mod dot;
 pub mod error;
 pub mod listener;
+pub mod outbound;
 pub mod policy;
 pub mod proxy;
+pub mod queue;
 pub mod reply;
 pub mod server;
 pub mod session;
+pub mod sink;
 pub mod spool;
 pub mod tls;
 

@@ -31,6 +31,34 @@ enum Command {
     },
     /// Read one password line on stdin and print an argon2id PHC string.
     HashPassword,
+    /// Inspect and manage the queue (works while the relay runs).
+    Queue {
+        #[command(subcommand)]
+        action: QueueAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum QueueAction {
+    /// One line per queued message: id, age, sender, recipients and their state, last reply.
+    List {
+        #[arg(long)]
+        config: PathBuf,
+        /// Machine-readable output.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Retry every queued message now.
+    Flush {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Drop one message (no bounce is sent).
+    Delete {
+        id: String,
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,6 +67,62 @@ fn main() -> ExitCode {
         Command::Serve { config } => serve(config),
         Command::CheckConfig { config } => check_config(config),
         Command::HashPassword => hash_password(),
+        Command::Queue { action } => queue(action),
+    }
+}
+
+/// Loads the config and opens its spool for inspection, or says why not.
+fn open_spool(path: &std::path::Path) -> Result<smarthost::spool::Spool, String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    smarthost::spool::Spool::inspect(&config.queue.path).map_err(|e| e.to_string())
+}
+
+fn queue(action: QueueAction) -> ExitCode {
+    use smarthost::queue::listing;
+    let result = match action {
+        QueueAction::List { config, json } => open_spool(&config).and_then(|spool| {
+            let (entries, problems) = listing::entries(&spool).map_err(|e| e.to_string())?;
+            if json {
+                let text = serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?;
+                println!("{text}");
+            } else {
+                for e in &entries {
+                    println!("{}", listing::format_line(e));
+                }
+                println!("{} message(s) queued", entries.len());
+            }
+            for p in &problems {
+                eprintln!("warning: unreadable entry {p}");
+            }
+            Ok(())
+        }),
+        QueueAction::Flush { config } => open_spool(&config).and_then(|spool| {
+            let request = spool.root().join(smarthost::queue::FLUSH_REQUEST);
+            std::fs::write(&request, b"").map_err(|e| format!("{}: {e}", request.display()))?;
+            println!(
+                "flush requested: the running relay retries every queued message within a second"
+            );
+            Ok(())
+        }),
+        QueueAction::Delete { id, config } => open_spool(&config).and_then(|spool| {
+            // Queue ids are hex: anything else could point outside the spool.
+            if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(format!("{id:?} is not a queue id"));
+            }
+            if !spool.envelope_path(&id).exists() {
+                return Err(format!("no queued message {id}"));
+            }
+            spool.remove(&id).map_err(|e| e.to_string())?;
+            println!("deleted {id} (no bounce sent)");
+            Ok(())
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 

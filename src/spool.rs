@@ -76,6 +76,10 @@ pub struct Envelope {
     pub recipients: Vec<Recipient>,
     /// Bytes in `msg/<id>.eml`; checked when the message is read back.
     pub size: u64,
+    /// Route by this sender domain instead of `sender`'s: a bounce (from `<>`)
+    /// takes the route of the message it reports on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub route_domain: Option<String>,
 }
 
 /// Who handed the message over, for logs, Received headers and bounces.
@@ -237,6 +241,29 @@ impl Spool {
         })
     }
 
+    /// Opens an existing spool without touching it: for `queue list/delete`
+    /// while the relay runs (sweeping `tmp/` then would eat in-flight writes).
+    pub fn inspect(root: &Path) -> io::Result<Spool> {
+        let msg_dir = root.join("msg");
+        if !msg_dir.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("no spool at {} (no msg/ directory)", root.display()),
+            ));
+        }
+        Ok(Spool {
+            inner: Arc::new(SpoolInner {
+                dir_sync: DirSync {
+                    dir: msg_dir.clone(),
+                    renamed: AtomicU64::new(0),
+                    synced: Mutex::new(0),
+                },
+                msg_dir,
+                tmp_dir: root.join("tmp"),
+            }),
+        })
+    }
+
     pub fn message_path(&self, id: &str) -> PathBuf {
         self.inner.msg_dir.join(format!("{id}.eml"))
     }
@@ -254,6 +281,48 @@ impl Spool {
         tokio::task::spawn_blocking(move || inner.store_blocking(&id, &message, &json))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    /// Rewrites a queued message's envelope (delivery state) durably: temporary
+    /// file, fsync, rename over the old one, directory fsync. Refuses when the
+    /// message is gone (deleted by `queue delete`), so a late update cannot
+    /// bring back half a message.
+    pub async fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
+        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
+        let inner = self.inner.clone();
+        let id = envelope.id.clone();
+        tokio::task::spawn_blocking(move || {
+            let tmp = inner.tmp_dir.join(format!("{id}.json.update"));
+            let target = inner.msg_dir.join(format!("{id}.json"));
+            if !inner.msg_dir.join(format!("{id}.eml")).exists() {
+                return Err(SpoolError::Io(io::ErrorKind::NotFound.into()));
+            }
+            let _ = fs::remove_file(&tmp);
+            write_synced(&tmp, &json)?;
+            fs::rename(&tmp, &target)?;
+            inner.dir_sync.sync_after_rename()?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    /// Removes a message: envelope first (it is what makes the pair count),
+    /// then the body. A crash in between leaves a lone body, swept at start.
+    pub fn remove(&self, id: &str) -> io::Result<()> {
+        match fs::remove_file(self.envelope_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        match fs::remove_file(self.message_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// The spool's root directory (where `queue flush` leaves its request).
+    pub fn root(&self) -> &Path {
+        self.inner.msg_dir.parent().unwrap_or(Path::new("."))
     }
 
     /// Ids of the queued messages, oldest first.
@@ -364,6 +433,7 @@ mod tests {
                 status: RecipientStatus::Pending,
             }],
             size,
+            route_domain: None,
         }
     }
 
@@ -405,6 +475,24 @@ mod tests {
         }
         assert!(parse_envelope("Y", &good).is_err());
         assert!(parse_envelope("X", &good).is_ok());
+    }
+
+    #[tokio::test]
+    async fn update_rewrites_and_remove_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut env = envelope("U1", 2);
+        spool.store(&env, b"x\n".to_vec()).await.unwrap();
+        env.recipients[0].status = RecipientStatus::Failed {
+            reply: "550 5.1.1 no".into(),
+            at: 2,
+        };
+        spool.update(&env).await.unwrap();
+        assert_eq!(spool.read("U1").unwrap().0, env);
+        spool.remove("U1").unwrap();
+        assert!(spool.list().unwrap().is_empty());
+        assert!(spool.update(&env).await.is_err(), "no resurrection");
+        assert!(!dir.path().join("msg/U1.json").exists());
     }
 
     #[test]

@@ -210,6 +210,7 @@ impl Session {
             params: txn.params,
             recipients: txn.recipients,
             size: message.len() as u64,
+            route_domain: None,
         };
         let size = envelope.size;
         match self.ctx.spool.store(&envelope, message).await {

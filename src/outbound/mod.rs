@@ -1,0 +1,1 @@
+//! Delivery to the upstream smart hosts.

@@ -1,0 +1,9 @@
+//! The queue: what happens to a message after it is spooled.
+
+pub mod dsn;
+pub mod listing;
+pub mod pool;
+
+/// The file `smarthost queue flush` creates in the spool root; the running
+/// relay's queue manager polls for it, retries everything, and removes it.
+pub const FLUSH_REQUEST: &str = "flush-requested";
