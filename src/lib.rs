@@ -9,6 +9,7 @@ pub mod auth;
 pub mod body;
 pub mod config;
 pub mod connections;
+pub mod demo;
 pub mod dot;
 pub mod error;
 pub mod listener;

@@ -31,6 +31,28 @@ enum Command {
     },
     /// Read one password line on stdin and print an argon2id PHC string.
     HashPassword,
+    /// For each upstream: resolve, connect, EHLO, STARTTLS, certificate, AUTH; exit 1 if any failed.
+    CheckUpstreams {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// A minimal upstream for trying a setup out: accepts every message and
+    /// writes each, as received, to its own file in DIR.
+    Sink {
+        #[arg(long)]
+        listen: std::net::SocketAddr,
+        #[arg(long)]
+        dir: PathBuf,
+        #[arg(long, requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        #[arg(long, requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
+    },
+    /// The out-of-the-box run: a relay delivering round-robin to two sinks on loopback.
+    Demo {
+        #[arg(long, default_value = "127.0.0.1:2525")]
+        listen: std::net::SocketAddr,
+    },
     /// Inspect and manage the queue (works while the relay runs).
     Queue {
         #[command(subcommand)]
@@ -68,7 +90,150 @@ fn main() -> ExitCode {
         Command::CheckConfig { config } => check_config(config),
         Command::HashPassword => hash_password(),
         Command::Queue { action } => queue(action),
+        Command::CheckUpstreams { config } => check_upstreams(config),
+        Command::Sink {
+            listen,
+            dir,
+            tls_cert,
+            tls_key,
+        } => sink(listen, dir, tls_cert.zip(tls_key)),
+        Command::Demo { listen } => demo(listen),
     }
+}
+
+/// Runs `work` on a fresh runtime with SIGTERM/SIGINT wired to `shutdown`.
+fn run_async<F: std::future::Future<Output = ExitCode>>(
+    work: impl FnOnce(CancellationToken) -> F,
+) -> ExitCode {
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(async move {
+            let shutdown = CancellationToken::new();
+            tokio::spawn(stop_on_signal(shutdown.clone()));
+            work(shutdown).await
+        }),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sink(listen: std::net::SocketAddr, dir: PathBuf, tls: Option<(PathBuf, PathBuf)>) -> ExitCode {
+    init_logging();
+    run_async(|shutdown| async move {
+        let tls = match tls {
+            Some((cert, key)) => match smarthost::sink::tls_from_files(&cert, &key) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    error!("{e}");
+                    return ExitCode::FAILURE;
+                }
+            },
+            None => None,
+        };
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            error!("{}: {e}", dir.display());
+            return ExitCode::FAILURE;
+        }
+        let listener = match tokio::net::TcpListener::bind(listen).await {
+            Ok(l) => l,
+            Err(e) => {
+                error!("cannot listen on {listen}: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        info!(%listen, dir = %dir.display(), "sink running");
+        match smarthost::sink::run(listener, dir, tls, "sink.localhost".into(), shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+fn demo(listen: std::net::SocketAddr) -> ExitCode {
+    init_logging();
+    run_async(|shutdown| async move {
+        let state = PathBuf::from(smarthost::demo::STATE_DIR);
+        match smarthost::demo::run(listen, &state, shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                error!("{e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
+}
+
+/// The smart host's answer to Office 365's "Validate": a table of what each upstream passed.
+fn check_upstreams(path: PathBuf) -> ExitCode {
+    use smarthost::outbound::{ClientOptions, Connection, Upstream};
+    let config = match Config::load(&path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if config.upstreams.is_empty() {
+        eprintln!("error: {}: no [[upstream]] configured", path.display());
+        return ExitCode::FAILURE;
+    }
+    run_async(|_| async move {
+        let options = ClientOptions {
+            helo_name: config.hostname.clone(),
+            connect_timeout: std::time::Duration::from_secs(10),
+            greeting_timeout: std::time::Duration::from_secs(30),
+            command_timeout: std::time::Duration::from_secs(30),
+            ..ClientOptions::default()
+        };
+        println!(
+            "{:<12} {:<32} {:<8} {:<9} {:<9} {:<6} result",
+            "upstream", "address", "connect", "starttls", "verified", "auth"
+        );
+        let mut failed = false;
+        for u in &config.upstreams {
+            let row = |connect: &str, starttls: &str, verified: &str, auth: &str, result: &str| {
+                println!(
+                    "{:<12} {:<32} {connect:<8} {starttls:<9} {verified:<9} {auth:<6} {result}",
+                    u.name, u.address
+                );
+            };
+            let upstream = match Upstream::from_config(u) {
+                Ok(x) => x,
+                Err(e) => {
+                    failed = true;
+                    row("-", "-", "-", "-", &format!("FAILED: {e}"));
+                    continue;
+                }
+            };
+            match Connection::open(&upstream, &options).await {
+                Ok(conn) => {
+                    let caps = conn.capabilities().clone();
+                    conn.quit().await;
+                    let yes_no = |b: bool| if b { "yes" } else { "no" };
+                    row(
+                        "ok",
+                        if caps.tls.is_some() { "yes" } else { "no" },
+                        yes_no(caps.tls_verified),
+                        caps.auth_used.unwrap_or("-"),
+                        "ok",
+                    );
+                }
+                Err(e) => {
+                    failed = true;
+                    row("-", "-", "-", "-", &format!("FAILED: {e}"));
+                }
+            }
+        }
+        if failed {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        }
+    })
 }
 
 /// Loads the config and opens its spool for inspection, or says why not.

@@ -1,10 +1,10 @@
 //! The running relay: shared state, listeners, and orderly shutdown.
 
 use std::io;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
@@ -13,6 +13,7 @@ use crate::auth::{AuthThrottle, Users};
 use crate::config::{Config, ListenerConfig};
 use crate::connections::PerAddress;
 use crate::listener;
+use crate::queue::manager::{self, Delivery, QueueHandle};
 use crate::spool::Spool;
 use crate::tls::{self, TlsSetupError};
 
@@ -24,6 +25,12 @@ pub struct ServerContext {
     pub users: Users,
     /// Shared by every session, so failures count across connections.
     pub auth_throttle: Arc<AuthThrottle>,
+    /// Upstreams, routes and their health, for the queue manager.
+    pub delivery: Arc<Delivery>,
+    /// Where sessions announce newly spooled messages.
+    pub queue: QueueHandle,
+    /// The other end of `queue`, taken by the queue manager when serving starts.
+    queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +43,8 @@ pub enum StartError {
     Listen { address: String, source: io::Error },
     #[error("{0}")]
     Reload(String),
+    #[error("{0}")]
+    Upstream(String),
 }
 
 impl ServerContext {
@@ -50,12 +59,18 @@ impl ServerContext {
             source,
         })?;
         let users = Users::new(&config.users);
+        let (queue, queue_rx) = QueueHandle::channel();
+        let delivery =
+            Delivery::new(&config, spool.clone(), queue.clone()).map_err(StartError::Upstream)?;
         Ok(Arc::new(ServerContext {
             config,
             tls,
             spool,
             users,
             auth_throttle: Arc::default(),
+            delivery: Arc::new(delivery),
+            queue,
+            queue_rx: Mutex::new(Some(queue_rx)),
         }))
     }
 }
@@ -84,12 +99,17 @@ impl ServerContext {
         }
         let tls = tls::server_config(config.tls.as_ref(), &config.hostname)?;
         let users = Users::new(&config.users);
+        let delivery = Delivery::new(&config, self.spool.clone(), self.queue.clone())
+            .map_err(StartError::Upstream)?;
         Ok(Arc::new(ServerContext {
             config,
             tls,
             spool: self.spool.clone(),
             users,
             auth_throttle: self.auth_throttle.clone(),
+            delivery: Arc::new(delivery),
+            queue: self.queue.clone(),
+            queue_rx: Mutex::new(None),
         }))
     }
 }
@@ -130,6 +150,14 @@ pub async fn serve_reloadable(
     shutdown: CancellationToken,
 ) {
     let ctx = current.borrow().clone();
+    let queue_rx = ctx
+        .queue_rx
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(rx) = queue_rx {
+        tokio::spawn(manager::run(current.clone(), rx, shutdown.clone()));
+    }
     let sessions = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(ctx.config.limits.max_connections));
     let per_address = Arc::new(PerAddress::default());

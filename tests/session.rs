@@ -34,12 +34,12 @@ async fn ehlo_advertises_exactly_our_extensions() {
             "ENHANCEDSTATUSCODES",
             "CHUNKING",
             "SMTPUTF8",
+            "DSN",
             "STARTTLS"
         ]
     );
     for never in [
         "BINARYMIME",
-        "DSN",
         "X-ANONYMOUSTLS",
         "XEXCH50",
         "XSHADOW",
@@ -398,7 +398,7 @@ async fn bad_input_gets_the_rfc_reply() {
     c.cmd("MAIL FROM:<postmaster>", "501 5.1.7").await;
     c.cmd(&format!("MAIL FROM:<{FROM}> FOO=BAR"), "555 5.5.4")
         .await;
-    c.cmd(&format!("MAIL FROM:<{FROM}> RET=HDRS"), "555 5.5.4")
+    c.cmd(&format!("MAIL FROM:<{FROM}> REQUIRETLS"), "555 5.5.4")
         .await;
     c.cmd(&format!("MAIL FROM:<{FROM}> BODY=BINARYMIME"), "555 5.5.4")
         .await;
@@ -409,7 +409,7 @@ async fn bad_input_gets_the_rfc_reply() {
     c.cmd("MAIL FROM:<a@b.example>", "503 5.5.1").await;
     c.cmd("RCPT TO:<Postmaster>", "550 5.1.1").await;
     c.cmd("RCPT TO:<>", "501 5.1.3").await;
-    c.cmd(&format!("RCPT TO:<{TO}> NOTIFY=NEVER"), "555 5.5.4")
+    c.cmd(&format!("RCPT TO:<{TO}> NOTIFY=NEVER,SUCCESS"), "501 5.5.4")
         .await;
     c.cmd("RCPT TO:<\u{fc}ber@partner.example>", "250").await;
     c.send("NO\rOP\r\n").await;
@@ -606,4 +606,42 @@ async fn shutdown_ends_idle_sessions_with_421() {
     c.expect("421 4.3.2").await;
     assert!(c.closed().await);
     assert_eq!(h.spooled().len(), 1);
+}
+
+#[tokio::test]
+async fn dsn_parameters_are_kept_in_the_envelope() {
+    let h = plain_harness("");
+    let ctx = h.context();
+    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    c.hello().await;
+    c.cmd(
+        &format!("MAIL FROM:<{FROM}> RET=HDRS ENVID=QQ314159"),
+        "250",
+    )
+    .await;
+    c.cmd(
+        &format!("RCPT TO:<{TO}> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;orig+2Bx@partner.example"),
+        "250",
+    )
+    .await;
+    c.cmd("RCPT TO:<quiet@partner.example> NOTIFY=NEVER", "250")
+        .await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: dsn\r\n\r\nx\r\n.\r\n").await;
+    c.expect("250 2.0.0").await;
+    let (env, _) = &h.spooled()[0];
+    assert_eq!(env.params.ret.as_deref(), Some("HDRS"));
+    assert_eq!(env.params.envid.as_deref(), Some("QQ314159"));
+    assert_eq!(
+        env.recipients[0].notify.as_deref(),
+        Some(&["SUCCESS".to_owned(), "FAILURE".to_owned()][..])
+    );
+    assert_eq!(
+        env.recipients[0].orcpt.as_deref(),
+        Some("orig+x@partner.example")
+    );
+    assert_eq!(
+        env.recipients[1].notify.as_deref(),
+        Some(&["NEVER".to_owned()][..])
+    );
 }

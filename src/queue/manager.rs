@@ -18,8 +18,8 @@ use tracing::{error, info, warn};
 use crate::config::{Config, QueueConfig};
 use crate::outbound::client::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
-use crate::queue::dsn::{self, Action, RecipientReport};
 use crate::queue::FLUSH_REQUEST;
+use crate::queue::dsn::{self, Action, RecipientReport};
 use crate::queue::pool::{Health, Routes};
 use crate::server::ServerContext;
 use crate::spool::{self, Envelope, Recipient, RecipientStatus, Spool};
@@ -248,10 +248,7 @@ impl Delivery {
         if due.is_empty() {
             return next_due(&env);
         }
-        let domain = env
-            .route_domain
-            .clone()
-            .or_else(|| domain_of(&env.sender));
+        let domain = env.route_domain.clone().or_else(|| domain_of(&env.sender));
         let outcome = match self.routes.for_domain(domain.as_deref()) {
             None => Err("451 4.4.0 no route for this sender domain".to_owned()),
             Some(route) => {
@@ -302,7 +299,10 @@ impl Delivery {
                 let reply = if reply.is_permanent() {
                     reply.to_string()
                 } else {
-                    format!("expired after {:?} in the queue; last: {reply}", self.queue.max_lifetime)
+                    format!(
+                        "expired after {:?} in the queue; last: {reply}",
+                        self.queue.max_lifetime
+                    )
                 };
                 warn!(queue_id = %id, rcpt = %r.address, reply = %reply, "failed");
                 newly_failed.push((i, upstream_name.clone()));
@@ -445,7 +445,10 @@ fn status_of(reply: &str) -> String {
         .split_whitespace()
         .find(|w| {
             let parts: Vec<&str> = w.split('.').collect();
-            parts.len() == 3 && parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+            parts.len() == 3
+                && parts
+                    .iter()
+                    .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
         })
         .map_or_else(|| "5.0.0".to_owned(), str::to_owned)
 }

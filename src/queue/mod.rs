@@ -2,6 +2,7 @@
 
 pub mod dsn;
 pub mod listing;
+pub mod manager;
 pub mod pool;
 
 /// The file `smarthost queue flush` creates in the spool root; the running

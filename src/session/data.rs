@@ -225,6 +225,7 @@ impl Session {
                     "message accepted"
                 );
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
+                self.ctx.queue.submit(id);
                 Flow::Continue
             }
             Err(e) => {

@@ -13,8 +13,9 @@ impl Session {
         if !esmtp {
             return Reply::plain(250, vec![hello.into()]);
         }
-        // Never BINARYMIME, DSN (until delivery honours it) or Exchange's
-        // private verbs (X-ANONYMOUSTLS, XEXCH50, ...): we implement none of them.
+        // Never BINARYMIME or Exchange's private verbs (X-ANONYMOUSTLS,
+        // XEXCH50, ...): we implement none of them. DSN (RFC 3461) is honoured
+        // by delivery: NOTIFY, RET, ENVID and ORCPT are kept and passed on.
         let mut lines = vec![
             hello.into(),
             "PIPELINING".into(),
@@ -23,6 +24,7 @@ impl Session {
             "ENHANCEDSTATUSCODES".into(),
             "CHUNKING".into(),
             "SMTPUTF8".into(),
+            "DSN".into(),
         ];
         if self.tls.is_none() {
             lines.push("STARTTLS".into());

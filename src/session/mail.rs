@@ -50,8 +50,14 @@ impl Session {
                 declared_size: (from.size > 0).then_some(from.size as u64),
                 body,
                 smtputf8,
-                ret: None,
-                envid: None,
+                ret: if from.flags & MAIL_RET_FULL != 0 {
+                    Some("FULL".to_owned())
+                } else if from.flags & MAIL_RET_HDRS != 0 {
+                    Some("HDRS".to_owned())
+                } else {
+                    None
+                },
+                envid: from.env_id,
             },
             recipients: Vec::new(),
             body: None,
@@ -62,18 +68,13 @@ impl Session {
 }
 
 /// RFC 5321 §4.1.1.11 / RFC 1869: parameters of extensions we did not
-/// advertise are refused (`555 5.5.4`), not silently dropped. `AUTH=` (RFC 4954
+/// advertise are refused (`555 5.5.4`), not silently dropped. DSN's RET and
+/// ENVID (RFC 3461) are advertised and kept. `AUTH=` (RFC 4954
 /// §5) is ignored: Exchange may send `AUTH=<>` and it carries nothing we use.
 fn reject_unoffered_parameters(from: &MailFrom<String>) -> Result<(), SmtpError> {
     let unsupported = |p: &str| Err(SmtpError::UnsupportedParameter(p.to_owned()));
     if from.flags & MAIL_BODY_BINARYMIME != 0 {
         return unsupported("BODY=BINARYMIME");
-    }
-    if from.flags & (MAIL_RET_FULL | MAIL_RET_HDRS) != 0 {
-        return unsupported("RET");
-    }
-    if from.env_id.is_some() {
-        return unsupported("ENVID");
     }
     if from.flags & MAIL_REQUIRETLS != 0 {
         return unsupported("REQUIRETLS");

@@ -1,6 +1,9 @@
 //! RCPT TO (RFC 5321 §4.1.1.3): the relay decision is made here, per recipient.
 
-use smtp_proto::RcptTo;
+use smtp_proto::{
+    RCPT_CONNEG, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+    RCPT_RRVS_CONTINUE, RCPT_RRVS_REJECT, RcptTo,
+};
 
 use super::Session;
 use crate::error::SmtpError;
@@ -22,12 +25,26 @@ impl Session {
         if txn.body.is_some() {
             return Err(SmtpError::BadSequence("RCPT after message content started"));
         }
-        // DSN (NOTIFY, ORCPT) is not advertised yet, nor RRVS or CONNEG.
-        if to.orcpt.is_some() || to.flags != 0 || to.rrvs != 0 {
-            return Err(SmtpError::UnsupportedParameter(
-                "NOTIFY/ORCPT/RRVS/CONNEG".into(),
-            ));
+        // DSN's NOTIFY and ORCPT (RFC 3461) are kept; RRVS and CONNEG are not offered.
+        if to.rrvs != 0 || to.flags & (RCPT_CONNEG | RCPT_RRVS_REJECT | RCPT_RRVS_CONTINUE) != 0 {
+            return Err(SmtpError::UnsupportedParameter("RRVS/CONNEG".into()));
         }
+        // RFC 3461 §4.1: NEVER stands alone; smtp-proto lets "NEVER,SUCCESS" through.
+        if to.flags & RCPT_NOTIFY_NEVER != 0
+            && to.flags & (RCPT_NOTIFY_SUCCESS | RCPT_NOTIFY_FAILURE | RCPT_NOTIFY_DELAY) != 0
+        {
+            return Err(SmtpError::InvalidParameter("NOTIFY"));
+        }
+        let notify: Vec<String> = [
+            (RCPT_NOTIFY_NEVER, "NEVER"),
+            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+            (RCPT_NOTIFY_FAILURE, "FAILURE"),
+            (RCPT_NOTIFY_DELAY, "DELAY"),
+        ]
+        .iter()
+        .filter(|(flag, _)| to.flags & flag != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect();
         if !txn.params.smtputf8 && !to.address.is_ascii() {
             return Err(SmtpError::NeedsSmtputf8);
         }
@@ -40,8 +57,8 @@ impl Session {
         }
         txn.recipients.push(Recipient {
             address: to.address,
-            orcpt: None,
-            notify: None,
+            orcpt: to.orcpt,
+            notify: (!notify.is_empty()).then_some(notify),
             status: RecipientStatus::Pending,
         });
         Ok(Reply::new(250, "2.1.5", "Recipient OK"))

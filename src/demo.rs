@@ -1,0 +1,129 @@
+//! `smarthost demo`: the out-of-the-box run. A relay on loopback delivering
+//! round-robin to two `sink` upstreams, all in one process, with its state
+//! (config, certificate, spool, what the sinks receive) in one directory.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::server::{self, ServerContext};
+
+/// Where the demo keeps its files, relative to the working directory.
+pub const STATE_DIR: &str = "smarthost-demo";
+
+/// Runs until `shutdown`. Prints how to send a message and where it lands.
+pub async fn run(
+    listen: SocketAddr,
+    state: &Path,
+    shutdown: CancellationToken,
+) -> Result<(), String> {
+    std::fs::create_dir_all(state).map_err(|e| format!("{}: {e}", state.display()))?;
+    let state = state
+        .canonicalize()
+        .map_err(|e| format!("{}: {e}", state.display()))?;
+    let (cert, key) = certificate(&state)?;
+
+    let mut sinks = Vec::new();
+    for name in ["eu", "us"] {
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .map_err(|e| format!("cannot start the {name} sink: {e}"))?;
+        let addr = listener.local_addr().map_err(|e| e.to_string())?;
+        let dir = state.join(format!("upstream-{name}"));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        tokio::spawn(crate::sink::run(
+            listener,
+            dir.clone(),
+            None,
+            format!("upstream-{name}.demo"),
+            shutdown.clone(),
+        ));
+        sinks.push((name, addr, dir));
+    }
+
+    let upstreams: String = sinks
+        .iter()
+        .map(|(name, addr, _)| {
+            format!("[[upstream]]\nname = \"{name}\"\naddress = \"{addr}\"\ntls = \"none\"\n\n")
+        })
+        .collect();
+    // Private networks are allowed so `docker run -p` clients (from the
+    // bridge) can relay too; nothing public is.
+    let text = format!(
+        "# Written by `smarthost demo`; regenerated at every start.\n\
+         hostname = \"smarthost.demo\"\n\n\
+         [[listener]]\naddress = \"{listen}\"\ntls = \"starttls\"\n\n\
+         [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n\
+         [access]\nrelay_networks = [\"127.0.0.0/8\", \"::1/128\", \"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\", \"fc00::/7\"]\n\n\
+         [queue]\npath = \"spool\"\nretry_min = \"10s\"\nretry_max = \"1m\"\n\n{upstreams}",
+        cert.display(),
+        key.display()
+    );
+    let config_path = state.join("smarthost.toml");
+    std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
+    let config = Config::parse(&text, &config_path).map_err(|e| e.to_string())?;
+    let listeners = server::bind(&config).await.map_err(|e| e.to_string())?;
+    let ctx = ServerContext::new(config).map_err(|e| e.to_string())?;
+
+    let here = listeners
+        .first()
+        .and_then(|(l, _)| l.local_addr().ok())
+        .unwrap_or(listen);
+    println!("smarthost demo: a relay and two upstream sinks, round-robin\n");
+    println!("  relay      {here}  (STARTTLS required; self-signed certificate)");
+    for (name, addr, dir) in &sinks {
+        println!(
+            "  upstream   {name} at {addr}, writes each message to {}",
+            dir.display()
+        );
+    }
+    println!("\nSend a test message (several, to see them alternate):\n");
+    println!(
+        "  swaks --server {} --port {} --tls --from you@example.com --to someone@example.net\n",
+        here.ip(),
+        here.port()
+    );
+    println!(
+        "See the queue:  smarthost queue list --config {}",
+        config_path.display()
+    );
+    println!("Stop with Ctrl-C.\n");
+
+    server::serve(listeners, ctx, shutdown).await;
+    Ok(())
+}
+
+/// The demo's self-signed ECDSA certificate, made on first start and kept.
+fn certificate(state: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let cert = state.join("demo.crt");
+    let key = state.join("demo.key");
+    if cert.exists() && key.exists() {
+        return Ok((cert, key));
+    }
+    let err = |e: rcgen::Error| format!("cannot make the demo certificate: {e}");
+    let pair = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(err)?;
+    let signed = rcgen::CertificateParams::new(vec!["smarthost.demo".into(), "localhost".into()])
+        .map_err(err)?
+        .self_signed(&pair)
+        .map_err(err)?;
+    std::fs::write(&cert, signed.pem()).map_err(|e| e.to_string())?;
+    write_private(&key, pair.serialize_pem().as_bytes())?;
+    Ok((cert, key))
+}
+
+/// Writes a key readable by its owner only.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(bytes))
+        .map_err(|e| format!("{}: {e}", path.display()))
+}

@@ -1,0 +1,595 @@
+//! A scripted fake upstream SMTP server on 127.0.0.1 for tests.
+//!
+//! `FakeUpstream::start(Script { .. })` listens on a free port and answers as
+//! the script says (switches: 421 greeting, no STARTTLS, a chosen certificate,
+//! replies to MAIL / chosen RCPTs / the content, dropping the connection after
+//! the final dot, slow replies, extension flags, required AUTH, bytes injected
+//! after STARTTLS's 220). It records every command and every transaction
+//! (MAIL line, RCPT lines, the exact content received after unstuffing, DATA
+//! or BDAT, TLS, AUTH user, whether MAIL and the RCPTs were pipelined).
+//!
+//! Reuse it with `#[path = "fake_upstream/mod.rs"] mod fake_upstream;`.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rustls::ServerConfig;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// How the fake behaves. `Script::default()` is a plain ESMTP server offering
+/// PIPELINING, CHUNKING, 8BITMIME, SMTPUTF8, DSN and SIZE, accepting all.
+#[derive(Clone)]
+pub struct Script {
+    /// The banner, e.g. `"421 4.3.2 busy"` to refuse at greeting.
+    pub greeting: String,
+    /// Accept, then close at once without a banner.
+    pub close_on_connect: bool,
+    /// Replaces the 250 to EHLO (e.g. `"502 5.5.1 no EHLO"`, forcing HELO).
+    pub ehlo_reply: Option<String>,
+    /// Offer STARTTLS with this server config (see `server_config`, `self_signed`).
+    pub tls: Option<Arc<ServerConfig>>,
+    /// Sent right after `220` to STARTTLS, in the same write, in plaintext.
+    pub junk_after_starttls: Option<Vec<u8>>,
+    pub pipelining: bool,
+    pub chunking: bool,
+    pub dsn: bool,
+    pub smtputf8: bool,
+    pub eight_bit_mime: bool,
+    pub size: Option<u64>,
+    /// Offer AUTH PLAIN LOGIN and require it (530 to MAIL without it).
+    pub auth: Option<(String, String)>,
+    /// The mechanisms offered with `auth` (default `"PLAIN LOGIN"`).
+    pub auth_mechanisms: String,
+    /// The reply to MAIL (default `250 2.1.0 ok`).
+    pub mail_reply: Option<String>,
+    /// (address, reply) for chosen RCPTs; others get `250 2.1.5 ok`.
+    pub rcpt_replies: Vec<(String, String)>,
+    /// The reply to the content (after the dot or BDAT LAST).
+    pub data_reply: String,
+    /// Close the connection after the content, without replying.
+    pub drop_after_data: bool,
+    /// Wait this long before each reply.
+    pub delay: Duration,
+    /// More EHLO keywords, e.g. `"X-FOO"`.
+    pub extra_ehlo: Vec<String>,
+}
+
+impl Default for Script {
+    fn default() -> Self {
+        Script {
+            greeting: "220 fake.test ESMTP ready".into(),
+            close_on_connect: false,
+            ehlo_reply: None,
+            tls: None,
+            junk_after_starttls: None,
+            pipelining: true,
+            chunking: true,
+            dsn: true,
+            smtputf8: true,
+            eight_bit_mime: true,
+            size: Some(10_000_000),
+            auth: None,
+            auth_mechanisms: "PLAIN LOGIN".into(),
+            mail_reply: None,
+            rcpt_replies: Vec::new(),
+            data_reply: "250 2.0.0 queued as FAKE".into(),
+            drop_after_data: false,
+            delay: Duration::ZERO,
+            extra_ehlo: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Data,
+    Bdat,
+}
+
+/// One MAIL transaction as the fake saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Transaction {
+    /// The MAIL command line, parameters included, without CRLF.
+    pub mail_from: String,
+    /// Every RCPT line, accepted or not.
+    pub rcpt_to: Vec<String>,
+    /// How the content came; `None` if none did (RSET, rejected MAIL, ...).
+    pub method: Option<Method>,
+    /// The content after unstuffing (DATA) or reassembly (BDAT).
+    pub message: Vec<u8>,
+    /// The content bytes as on the wire (DATA: through the final dot).
+    pub raw: Vec<u8>,
+    pub tls: bool,
+    /// The user authenticated on this connection.
+    pub auth: Option<String>,
+    /// MAIL and every RCPT arrived before any reply to them was sent.
+    pub pipelined: bool,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Record {
+    pub connections: usize,
+    /// Every command line received, in order, over all connections.
+    pub commands: Vec<String>,
+    pub transactions: Vec<Transaction>,
+}
+
+pub struct FakeUpstream {
+    pub addr: SocketAddr,
+    record: Arc<Mutex<Record>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl FakeUpstream {
+    pub async fn start(script: Script) -> FakeUpstream {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let record = Arc::new(Mutex::new(Record::default()));
+        let script = Arc::new(script);
+        let rec = record.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                rec.lock().unwrap().connections += 1;
+                let session = Session {
+                    script: script.clone(),
+                    record: rec.clone(),
+                    buf: Vec::new(),
+                    pending: Vec::new(),
+                    tls: false,
+                    auth: None,
+                    tx: None,
+                    accepted: 0,
+                    replied_in_tx: false,
+                };
+                tokio::spawn(session.serve(tcp));
+            }
+        });
+        FakeUpstream { addr, record, task }
+    }
+
+    /// `"127.0.0.1:port"`, for `Upstream::address`.
+    pub fn address(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn record(&self) -> Record {
+        self.record.lock().unwrap().clone()
+    }
+
+    pub fn transactions(&self) -> Vec<Transaction> {
+        self.record().transactions
+    }
+
+    pub fn commands(&self) -> Vec<String> {
+        self.record().commands
+    }
+
+    pub fn connections(&self) -> usize {
+        self.record().connections
+    }
+
+    /// True if any command starting with `verb` (e.g. `"MAIL"`) was received.
+    pub fn saw(&self, verb: &str) -> bool {
+        self.commands()
+            .iter()
+            .any(|c| c.to_ascii_uppercase().starts_with(verb))
+    }
+}
+
+impl Drop for FakeUpstream {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// An address where nothing listens (connections are refused).
+pub fn refused_address() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
+
+/// A TLS server config from PEM strings (certificate chain, key).
+pub fn server_config(cert_pem: &str, key_pem: &str) -> Arc<ServerConfig> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+    Arc::new(
+        ServerConfig::builder_with_provider(smarthost::tls::provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap(),
+    )
+}
+
+/// A TLS server config with a fresh self-signed certificate for localhost.
+pub fn self_signed() -> Arc<ServerConfig> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    server_config(&cert.pem(), &key.serialize_pem())
+}
+
+/// How long an idle input must stay idle before held pipelined replies go out.
+const PIPELINE_IDLE: Duration = Duration::from_millis(50);
+
+struct Session {
+    script: Arc<Script>,
+    record: Arc<Mutex<Record>>,
+    buf: Vec<u8>,
+    /// Replies to MAIL/RCPT held back while pipelined commands may follow.
+    pending: Vec<u8>,
+    tls: bool,
+    auth: Option<String>,
+    tx: Option<Transaction>,
+    accepted: usize,
+    /// A reply was sent since this transaction's MAIL arrived.
+    replied_in_tx: bool,
+}
+
+enum Next<S> {
+    Close,
+    StartTls(S),
+}
+
+impl Session {
+    async fn serve(mut self, tcp: TcpStream) {
+        if self.script.close_on_connect {
+            return;
+        }
+        let mut tcp = tcp;
+        let greeting = format!("{}\r\n", self.script.greeting);
+        if tcp.write_all(greeting.as_bytes()).await.is_err() || !greeting.starts_with("220") {
+            return;
+        }
+        if let Next::StartTls(tcp) = self.run(tcp).await {
+            let acceptor = tokio_rustls::TlsAcceptor::from(self.script.tls.clone().unwrap());
+            // RFC 3207 §4.2: forget everything, including buffered plaintext.
+            self.buf.clear();
+            self.tls = true;
+            if let Ok(tls) = acceptor.accept(tcp).await {
+                self.run(tls).await;
+            }
+        }
+        self.finish();
+    }
+
+    /// Ends the open transaction, recording it.
+    fn finish(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            self.record.lock().unwrap().transactions.push(tx);
+        }
+        self.accepted = 0;
+    }
+
+    async fn run<S: AsyncRead + AsyncWrite + Unpin>(&mut self, mut io: S) -> Next<S> {
+        loop {
+            let Some(line) = self.line(&mut io).await else {
+                return Next::Close;
+            };
+            self.record.lock().unwrap().commands.push(line.clone());
+            let upper = line.to_ascii_uppercase();
+            let verb = upper.split(' ').next().unwrap_or("").to_owned();
+            let ok = match verb.as_str() {
+                "EHLO" => {
+                    self.finish();
+                    let reply = self.ehlo();
+                    self.reply(&mut io, &reply, false).await
+                }
+                "HELO" => {
+                    self.finish();
+                    self.reply(&mut io, "250 fake.test", false).await
+                }
+                "STARTTLS" if self.script.tls.is_some() && !self.tls => {
+                    let mut out = b"220 2.0.0 go ahead\r\n".to_vec();
+                    if let Some(junk) = &self.script.junk_after_starttls {
+                        out.extend_from_slice(junk);
+                    }
+                    if io.write_all(&out).await.is_err() {
+                        return Next::Close;
+                    }
+                    return Next::StartTls(io);
+                }
+                "AUTH" if self.script.auth.is_some() => self.auth(&mut io, &line).await,
+                "MAIL" => {
+                    if self.script.auth.is_some() && self.auth.is_none() {
+                        self.reply(&mut io, "530 5.7.0 authentication required", false)
+                            .await
+                    } else {
+                        self.finish();
+                        let reply = self
+                            .script
+                            .mail_reply
+                            .clone()
+                            .unwrap_or_else(|| "250 2.1.0 ok".into());
+                        self.tx = Some(Transaction {
+                            mail_from: line.clone(),
+                            tls: self.tls,
+                            auth: self.auth.clone(),
+                            pipelined: true,
+                            ..Transaction::default()
+                        });
+                        self.replied_in_tx = false;
+                        if !reply.starts_with('2') {
+                            self.finish();
+                        }
+                        self.reply(&mut io, &reply, true).await
+                    }
+                }
+                "RCPT" => match &mut self.tx {
+                    None => self.reply(&mut io, "503 5.5.1 MAIL first", false).await,
+                    Some(tx) => {
+                        tx.rcpt_to.push(line.clone());
+                        tx.pipelined &= !self.replied_in_tx;
+                        let address = line
+                            .split_once('<')
+                            .and_then(|(_, r)| r.split_once('>'))
+                            .map(|(a, _)| a.to_owned())
+                            .unwrap_or_default();
+                        let reply = self
+                            .script
+                            .rcpt_replies
+                            .iter()
+                            .find(|(a, _)| a.eq_ignore_ascii_case(&address))
+                            .map(|(_, r)| r.clone())
+                            .unwrap_or_else(|| "250 2.1.5 ok".into());
+                        if reply.starts_with('2') {
+                            self.accepted += 1;
+                        }
+                        self.reply(&mut io, &reply, true).await
+                    }
+                },
+                "DATA" => {
+                    if self.tx.is_none() || self.accepted == 0 {
+                        self.reply(&mut io, "554 5.5.1 no valid recipients", false)
+                            .await
+                    } else if !self.reply(&mut io, "354 go ahead", false).await {
+                        false
+                    } else {
+                        self.data(&mut io).await
+                    }
+                }
+                "BDAT" => self.bdat(&mut io, &upper).await,
+                "RSET" => {
+                    self.finish();
+                    self.reply(&mut io, "250 2.0.0 reset", false).await
+                }
+                "NOOP" => self.reply(&mut io, "250 2.0.0 ok", false).await,
+                "QUIT" => {
+                    self.reply(&mut io, "221 2.0.0 bye", false).await;
+                    return Next::Close;
+                }
+                _ => {
+                    self.reply(&mut io, "500 5.5.2 unknown command", false)
+                        .await
+                }
+            };
+            if !ok {
+                return Next::Close;
+            }
+        }
+    }
+
+    fn ehlo(&self) -> String {
+        if let Some(r) = &self.script.ehlo_reply {
+            return r.clone();
+        }
+        let s = &self.script;
+        let mut lines = vec!["fake.test greets you".to_owned()];
+        let mut flag = |on: bool, word: &str| {
+            if on {
+                lines.push(word.to_owned());
+            }
+        };
+        flag(s.pipelining, "PIPELINING");
+        flag(s.chunking, "CHUNKING");
+        flag(s.dsn, "DSN");
+        flag(s.smtputf8, "SMTPUTF8");
+        flag(s.eight_bit_mime, "8BITMIME");
+        flag(s.tls.is_some() && !self.tls, "STARTTLS");
+        flag(s.auth.is_some(), &format!("AUTH {}", s.auth_mechanisms));
+        flag(true, "ENHANCEDSTATUSCODES");
+        if let Some(size) = s.size {
+            lines.push(format!("SIZE {size}"));
+        }
+        lines.extend(s.extra_ehlo.iter().cloned());
+        let last = lines.len() - 1;
+        lines
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!("250{}{l}", if i == last { ' ' } else { '-' }))
+            .collect::<Vec<_>>()
+            .join("\r\n")
+    }
+
+    async fn auth<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, line: &str) -> bool {
+        let words: Vec<&str> = line.split(' ').collect();
+        let decode = |s: &str| {
+            String::from_utf8(BASE64.decode(s.trim()).unwrap_or_default()).unwrap_or_default()
+        };
+        let (user, password) = match words.get(1).map(|m| m.to_ascii_uppercase()).as_deref() {
+            Some("PLAIN") => {
+                let token = match words.get(2) {
+                    Some(t) => t.to_string(),
+                    None => {
+                        if !self.reply(io, "334 ", false).await {
+                            return false;
+                        }
+                        let Some(t) = self.line(io).await else {
+                            return false;
+                        };
+                        t
+                    }
+                };
+                let plain = decode(&token);
+                let mut parts = plain.split('\0').skip(1);
+                (
+                    parts.next().unwrap_or("").to_owned(),
+                    parts.next().unwrap_or("").to_owned(),
+                )
+            }
+            Some("LOGIN") => {
+                let mut got = Vec::new();
+                for prompt in ["334 VXNlcm5hbWU6", "334 UGFzc3dvcmQ6"] {
+                    if !self.reply(io, prompt, false).await {
+                        return false;
+                    }
+                    let Some(t) = self.line(io).await else {
+                        return false;
+                    };
+                    got.push(decode(&t));
+                }
+                (got[0].clone(), got[1].clone())
+            }
+            _ => return self.reply(io, "504 5.5.4 unknown mechanism", false).await,
+        };
+        if self.script.auth.as_ref() == Some(&(user.clone(), password)) {
+            self.auth = Some(user);
+            self.reply(io, "235 2.7.0 authenticated", false).await
+        } else {
+            self.reply(io, "535 5.7.8 bad credentials", false).await
+        }
+    }
+
+    /// After 354: content through CRLF "." CRLF, unstuffed with the relay's
+    /// own inbound reader.
+    async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        let mut reader = smarthost::dot::DotReader::default();
+        let mut message = Vec::new();
+        let mut raw = Vec::new();
+        loop {
+            if let Some(n) = reader.feed(&self.buf, &mut message) {
+                raw.extend(self.buf.drain(..n));
+                break;
+            }
+            raw.append(&mut self.buf);
+            if !self.fill(io).await {
+                return false;
+            }
+        }
+        self.content(io, Method::Data, message, raw, true).await
+    }
+
+    /// `BDAT <size> [LAST]` (RFC 3030): exactly `size` bytes follow.
+    async fn bdat<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, upper: &str) -> bool {
+        let words: Vec<&str> = upper.split(' ').collect();
+        let Some(size) = words.get(1).and_then(|s| s.parse::<usize>().ok()) else {
+            return self.reply(io, "501 5.5.4 BDAT size", false).await;
+        };
+        let last = words.get(2) == Some(&"LAST");
+        while self.buf.len() < size {
+            if !self.fill(io).await {
+                return false;
+            }
+        }
+        let chunk: Vec<u8> = self.buf.drain(..size).collect();
+        if self.tx.is_none() || self.accepted == 0 {
+            return self.reply(io, "554 5.5.1 no valid recipients", false).await;
+        }
+        if !last {
+            let tx = self.tx.as_mut().unwrap();
+            tx.message.extend_from_slice(&chunk);
+            tx.raw.extend_from_slice(&chunk);
+            return self.reply(io, "250 2.0.0 chunk ok", false).await;
+        }
+        self.content(io, Method::Bdat, chunk.clone(), chunk, false)
+            .await
+    }
+
+    async fn content<S: AsyncRead + AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut S,
+        method: Method,
+        message: Vec<u8>,
+        raw: Vec<u8>,
+        replace: bool,
+    ) -> bool {
+        let tx = self.tx.as_mut().unwrap();
+        tx.method = Some(method);
+        if replace {
+            tx.message = message;
+            tx.raw = raw;
+        } else {
+            tx.message.extend_from_slice(&message);
+            tx.raw.extend_from_slice(&raw);
+        }
+        self.finish();
+        if self.script.drop_after_data {
+            return false;
+        }
+        let reply = self.script.data_reply.clone();
+        self.reply(io, &reply, false).await
+    }
+
+    /// Sends (or, for pipelinable MAIL/RCPT replies, holds) one reply.
+    async fn reply<S: AsyncWrite + Unpin>(&mut self, io: &mut S, text: &str, hold: bool) -> bool {
+        self.pending.extend_from_slice(text.as_bytes());
+        self.pending.extend_from_slice(b"\r\n");
+        if hold && self.script.pipelining {
+            return true;
+        }
+        self.flush(io).await
+    }
+
+    async fn flush<S: AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        if self.pending.is_empty() {
+            return true;
+        }
+        // A reply to this transaction goes out: later RCPTs were not pipelined.
+        self.replied_in_tx |= self.tx.is_some();
+        if !self.script.delay.is_zero() {
+            tokio::time::sleep(self.script.delay).await;
+        }
+        let out = std::mem::take(&mut self.pending);
+        io.write_all(&out).await.is_ok() && io.flush().await.is_ok()
+    }
+
+    /// The next command line (without CRLF); `None` at EOF. Held replies go
+    /// out once the input stays idle (the client waits for them).
+    async fn line<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line: Vec<u8> = self.buf.drain(..i + 2).collect();
+                return Some(String::from_utf8_lossy(&line[..i]).into_owned());
+            }
+            if !self.pending.is_empty() {
+                let mut chunk = [0u8; 65536];
+                match tokio::time::timeout(PIPELINE_IDLE, io.read(&mut chunk)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return None,
+                    Ok(Ok(n)) => self.buf.extend_from_slice(&chunk[..n]),
+                    Err(_) => {
+                        if !self.flush(io).await {
+                            return None;
+                        }
+                    }
+                }
+                continue;
+            }
+            if !self.fill(io).await {
+                return None;
+            }
+        }
+    }
+
+    async fn fill<S: AsyncRead + Unpin>(&mut self, io: &mut S) -> bool {
+        let mut chunk = [0u8; 65536];
+        match io.read(&mut chunk).await {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+}
