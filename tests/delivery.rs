@@ -198,3 +198,283 @@ async fn routes_send_each_tenant_only_to_its_upstreams() {
     }
     relay.stop().await;
 }
+
+#[path = "fake_upstream/mod.rs"]
+mod fake_upstream;
+
+use fake_upstream::{FakeUpstream, Method, Script};
+use mail_parser::MimeHeaders;
+
+fn fake_upstream_toml(name: &str, fake: &FakeUpstream, tls: &str, ca: Option<&Path>) -> String {
+    let mut s = format!(
+        "[[upstream]]\nname = \"{name}\"\naddress = \"{}\"\ntls = \"{tls}\"\n",
+        fake.address()
+    );
+    if let Some(ca) = ca {
+        s.push_str(&format!(
+            "ca_file = \"{}\"\ntls_name = \"localhost\"\n",
+            ca.display()
+        ));
+    }
+    s.push('\n');
+    s
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upstream_with_the_wrong_certificate_gets_nothing() {
+    // The upstreams' CA: the good one has a certificate from it, the bad one not.
+    let upstream_ca = Harness::new("");
+    let stranger = TestCa::new();
+    let bad = FakeUpstream::start(Script {
+        tls: Some(fake_upstream::server_config(
+            &stranger.cert_pem,
+            &stranger.key_pem,
+        )),
+        ..Script::default()
+    })
+    .await;
+    let good = FakeUpstream::start(Script {
+        tls: Some(fake_upstream::server_config(
+            &upstream_ca.ca.cert_pem,
+            &upstream_ca.ca.key_pem,
+        )),
+        ..Script::default()
+    })
+    .await;
+    let extra = format!(
+        "{}{}",
+        fake_upstream_toml("bad", &bad, "required", Some(&upstream_ca.ca_path())),
+        fake_upstream_toml("good", &good, "required", Some(&upstream_ca.ca_path()))
+    );
+    let h = Harness::new(&extra);
+    let relay = h.start().await;
+    send_messages(&relay, &h, FROM, 10, "tls").await;
+    eventually("10 at the good upstream", || {
+        good.transactions().len() == 10
+    })
+    .await;
+    assert!(good.transactions().iter().all(|t| t.tls));
+    assert!(
+        !bad.saw("MAIL"),
+        "nothing may be sent after a failed verification"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_recipient_refused_others_delivered_and_one_dsn_to_the_sender() {
+    let fake = FakeUpstream::start(Script {
+        rcpt_replies: vec![(
+            "bad@partner.example".into(),
+            "550 5.1.1 <bad@partner.example> no such user".into(),
+        )],
+        ..Script::default()
+    })
+    .await;
+    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let relay = h.start().await;
+    let c = relay.connect().await;
+    let mut c = tls_session(c, &h.ca).await;
+    let r = send_data(
+        &mut c,
+        FROM,
+        &[
+            "good@partner.example",
+            "bad@partner.example",
+            "also@partner.example",
+        ],
+        b"Subject: partly\r\nMessage-ID: <partly@test>\r\n\r\nhello\r\n",
+    )
+    .await;
+    assert_eq!(r.status(), "250 2.0.0");
+    eventually("the message and its bounce", || {
+        fake.transactions().len() == 2
+    })
+    .await;
+    let t = fake.transactions();
+    let (original, bounce) = if t[0].mail_from.contains("<>") {
+        (&t[1], &t[0])
+    } else {
+        (&t[0], &t[1])
+    };
+    assert!(original.mail_from.contains(FROM));
+    assert!(String::from_utf8_lossy(&original.message).contains("Subject: partly"));
+    assert!(
+        bounce.mail_from.starts_with("MAIL FROM:<>"),
+        "{}",
+        bounce.mail_from
+    );
+    assert_eq!(bounce.rcpt_to.len(), 1);
+    assert!(bounce.rcpt_to[0].contains(FROM));
+    let parsed = mail_parser::MessageParser::default()
+        .parse(&bounce.message)
+        .unwrap();
+    let ct = parsed.content_type().unwrap();
+    assert_eq!(ct.ctype(), "multipart");
+    assert_eq!(ct.subtype(), Some("report"));
+    assert_eq!(ct.attribute("report-type"), Some("delivery-status"));
+    let text = String::from_utf8_lossy(&bounce.message);
+    assert!(
+        text.contains("Final-Recipient: rfc822; bad@partner.example"),
+        "{text}"
+    );
+    assert!(text.contains("Status: 5.1.1"), "{text}");
+    assert!(text.contains("no such user"), "{text}");
+    assert!(!text.contains("Final-Recipient: rfc822; good@"), "{text}");
+    assert!(text.contains("Message-ID: <partly@test>"), "{text}");
+    eventually("an empty queue", || h.spool_files() == 0).await;
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_never_means_no_bounce() {
+    let fake = FakeUpstream::start(Script {
+        rcpt_replies: vec![("bad@partner.example".into(), "550 5.1.1 no".into())],
+        ..Script::default()
+    })
+    .await;
+    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let relay = h.start().await;
+    let c = relay.connect().await;
+    let mut c = tls_session(c, &h.ca).await;
+    c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
+    c.cmd("RCPT TO:<bad@partner.example> NOTIFY=NEVER", "250")
+        .await;
+    c.cmd("DATA", "354").await;
+    c.send("Subject: quiet\r\n\r\nx\r\n.\r\n").await;
+    c.expect("250 2.0.0").await;
+    eventually("an empty queue", || h.spool_files() == 0).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        fake.transactions()
+            .iter()
+            .all(|t| !t.mail_from.contains("<>")),
+        "bounced"
+    );
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn temporary_failure_then_recovery_delivers_exactly_once() {
+    // 421 at the greeting: a temporary failure that leaves no connection to reuse.
+    let fake = FakeUpstream::start(Script {
+        greeting: "421 4.3.2 busy, try again later".into(),
+        ..Script::default()
+    })
+    .await;
+    let port = fake.addr.port();
+    let h = Harness::new(&format!(
+        "retry_min = \"1s\"\nretry_max = \"1s\"\n\n{}",
+        fake_upstream_toml("only", &fake, "none", None)
+    ));
+    let relay = h.start().await;
+    send_messages(&relay, &h, FROM, 1, "retry").await;
+    eventually("the 421 seen", || fake.connections() >= 1).await;
+    eventually("deferred on disk", || {
+        h.spooled().iter().any(|(e, _)| {
+            matches!(&e.recipients[0].status, smarthost::spool::RecipientStatus::Deferred { reply, .. } if reply.contains("421"))
+        })
+    })
+    .await;
+    drop(fake);
+    // The same address now answers 250: the retry delivers, once.
+    let dir = tempfile::tempdir().unwrap();
+    let mut bound = None;
+    for _ in 0..100 {
+        if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
+            bound = Some(l);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let listener = bound.expect("the fake's port is free again");
+    let sink_dir = dir.path().join("sink");
+    std::fs::create_dir_all(&sink_dir).unwrap();
+    let token = CancellationToken::new();
+    tokio::spawn(smarthost::sink::run(
+        listener,
+        sink_dir.clone(),
+        None,
+        "sink".into(),
+        token.clone(),
+    ));
+    let count = || {
+        std::fs::read_dir(&sink_dir)
+            .unwrap()
+            .filter(|e| {
+                e.as_ref()
+                    .unwrap()
+                    .path()
+                    .extension()
+                    .is_some_and(|x| x == "eml")
+            })
+            .count()
+    };
+    eventually("the retry", || count() == 1).await;
+    eventually("an empty queue", || h.spool_files() == 0).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(count(), 1, "delivered exactly once");
+    token.cancel();
+    relay.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_arrive_intact_over_data_and_over_bdat() {
+    let bdat = FakeUpstream::start(Script::default()).await;
+    let data = FakeUpstream::start(Script {
+        chunking: false,
+        ..Script::default()
+    })
+    .await;
+    let body: &[u8] = b"From: <a@tenant.example>\r\nSubject: bytes\r\n\r\n.\r\n..two\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9 8-bit\r\nlast line\r\n";
+    for (fake, method) in [(&bdat, Method::Bdat), (&data, Method::Data)] {
+        let h = Harness::new(&fake_upstream_toml("u", fake, "none", None));
+        let relay = h.start().await;
+        let c = relay.connect().await;
+        let mut c = tls_session(c, &h.ca).await;
+        let stuffed = body
+            .split(|&b| b == b'\n')
+            .map(|l| {
+                if l.starts_with(b".") {
+                    [b".", l].concat()
+                } else {
+                    l.to_vec()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join(&b'\n');
+        c.cmd(&format!("MAIL FROM:<{FROM}> BODY=8BITMIME"), "250")
+            .await;
+        c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(&stuffed).await;
+        c.send(".\r\n").await;
+        c.expect("250 2.0.0").await;
+        eventually("delivery", || fake.transactions().len() == 1).await;
+        let t = &fake.transactions()[0];
+        assert_eq!(t.method, Some(method));
+        assert_eq!(strip_received(&t.message), body, "{method:?}");
+        assert!(t.mail_from.contains("BODY=8BITMIME"), "{}", t.mail_from);
+        relay.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_4xx_to_the_body_defers_with_the_reply_recorded() {
+    let fake = FakeUpstream::start(Script {
+        data_reply: "451 4.7.500 Server busy, try later".into(),
+        ..Script::default()
+    })
+    .await;
+    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let relay = h.start().await;
+    send_messages(&relay, &h, FROM, 1, "busy").await;
+    eventually("deferred with the upstream's reply", || {
+        h.spooled().iter().any(|(e, _)| {
+            matches!(&e.recipients[0].status,
+                smarthost::spool::RecipientStatus::Deferred { reply, attempts: 1, .. } if reply.starts_with("451 4.7.500"))
+        })
+    })
+    .await;
+    relay.stop().await;
+}
