@@ -289,11 +289,8 @@ async fn several_messages_per_connection_and_sequence_errors() {
     c.cmd("QUIT", "221").await;
     let messages = sink.messages();
     assert_eq!(messages.len(), 6);
-    for i in 0..5 {
-        assert_eq!(
-            messages[i],
-            format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes()
-        );
+    for (i, m) in messages.iter().take(5).enumerate() {
+        assert_eq!(m, format!("Subject: {i}\r\n\r\n{i}\r\n").as_bytes());
     }
     let files: Vec<String> = sink
         .files()

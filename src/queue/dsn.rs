@@ -247,11 +247,11 @@ fn explanation(hostname: &str, envelope: &Envelope, reports: &[RecipientReport<'
         let _ = write!(s, "\r\n<{}>: {what}\r\n", clean(r.address));
         if let Some(mta) = r.remote_mta {
             s.push_str("   ");
-            fold(&mut s, &format!("{} said:", clean(mta)), 3);
+            fold(&mut s, &format!("{} said:", clean(mta)), 3, "   ");
         }
         if let Some(diag) = &r.diagnostic {
             s.push_str("   ");
-            fold(&mut s, diag, 3);
+            fold(&mut s, diag, 3, "   ");
         }
     }
     s
@@ -261,15 +261,16 @@ fn explanation(hostname: &str, envelope: &Envelope, reports: &[RecipientReport<'
 fn header(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push(':');
-    fold(out, value, name.len() + 1);
+    fold(out, value, name.len() + 1, "");
 }
 
 /// Appends `value`, cleaned (see `clean`), word by word, starting a
 /// continuation line (CRLF, space) before a word that would pass 78 columns
-/// (RFC 5322 §2.1.1), then CRLF.
+/// (RFC 5322 §2.1.1), then CRLF. Continuation lines start with `indent`
+/// (then the space).
 /// A word longer than 900 octets is cut (at a character boundary) so no line
 /// nears 998. `col` is where the first word starts (0: no leading space).
-fn fold(out: &mut String, value: &str, mut col: usize) {
+fn fold(out: &mut String, value: &str, mut col: usize, indent: &str) {
     // Cleaned here, whatever the caller did: no CR or LF gets through.
     let value = clean(value);
     let pieces = value.split(' ').flat_map(|mut word| {
@@ -289,7 +290,8 @@ fn fold(out: &mut String, value: &str, mut col: usize) {
     for (i, piece) in pieces.enumerate() {
         if i > 0 && col + 1 + piece.len() > 78 {
             out.push_str("\r\n");
-            col = 0;
+            out.push_str(indent);
+            col = indent.len();
         }
         // Folding is CRLF then a space; a body line's first word has none.
         if i > 0 || col > 0 {

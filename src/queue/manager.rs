@@ -419,7 +419,11 @@ impl Delivery {
             received_at: now,
             client: env.client.clone(),
             sender: String::new(),
-            params: spool::MailParams::default(),
+            params: spool::MailParams {
+                // A UTF-8 explanation or 8-bit original headers make it 8-bit.
+                body: (!body.is_ascii()).then(|| "8BITMIME".to_owned()),
+                ..spool::MailParams::default()
+            },
             recipients: vec![Recipient {
                 address: env.sender.clone(),
                 orcpt: None,
