@@ -478,3 +478,59 @@ async fn a_4xx_to_the_body_defers_with_the_reply_recorded() {
     .await;
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn notify_success_passes_upstream_or_yields_a_relayed_notice() {
+    for upstream_dsn in [true, false] {
+        let fake = FakeUpstream::start(Script {
+            dsn: upstream_dsn,
+            ..Script::default()
+        })
+        .await;
+        let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+        let relay = h.start().await;
+        let c = relay.connect().await;
+        let mut c = tls_session(c, &h.ca).await;
+        c.cmd(&format!("MAIL FROM:<{FROM}> RET=HDRS ENVID=env42"), "250")
+            .await;
+        c.cmd(
+            &format!("RCPT TO:<{TO}> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;{TO}"),
+            "250",
+        )
+        .await;
+        c.cmd("DATA", "354").await;
+        c.send("Subject: notify\r\n\r\nx\r\n.\r\n").await;
+        c.expect("250 2.0.0").await;
+        eventually("an empty queue", || h.spool_files() == 0).await;
+        let t = fake.transactions();
+        if upstream_dsn {
+            // The upstream offers DSN: the parameters travel; it will notify.
+            assert_eq!(t.len(), 1, "{t:?}");
+            assert!(
+                t[0].mail_from.contains("RET=HDRS") && t[0].mail_from.contains("ENVID=env42"),
+                "{}",
+                t[0].mail_from
+            );
+            assert!(
+                t[0].rcpt_to[0].contains("NOTIFY=SUCCESS,FAILURE"),
+                "{:?}",
+                t[0].rcpt_to
+            );
+            assert!(
+                t[0].rcpt_to[0].contains("ORCPT=rfc822;"),
+                "{:?}",
+                t[0].rcpt_to
+            );
+        } else {
+            // It does not: we tell the sender the message was relayed.
+            eventually("the relayed notice", || fake.transactions().len() == 2).await;
+            let t = fake.transactions();
+            assert!(!t[0].mail_from.contains("NOTIFY") && !t[0].rcpt_to[0].contains("NOTIFY"));
+            let notice = String::from_utf8_lossy(&t[1].message).into_owned();
+            assert!(t[1].mail_from.starts_with("MAIL FROM:<>"));
+            assert!(notice.contains("Action: relayed"), "{notice}");
+            assert!(notice.contains("Original-Envelope-Id: env42"), "{notice}");
+        }
+        relay.stop().await;
+    }
+}

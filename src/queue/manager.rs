@@ -258,9 +258,9 @@ impl Delivery {
                 for u in route.order(&self.health) {
                     let name = &self.upstreams[u].name;
                     match self.attempt(u, &env, &recipients, &message).await {
-                        Ok(replies) => {
+                        Ok((replies, dsn)) => {
                             self.health.success(u);
-                            result = Some((u, replies));
+                            result = Some((u, replies, dsn));
                             break;
                         }
                         Err(e) => {
@@ -276,20 +276,26 @@ impl Delivery {
 
         let now = spool::unix_now();
         let expired = now >= env.received_at + self.queue.max_lifetime.as_secs();
-        let mut newly_failed = Vec::new();
+        // Notices to send: failures, and "relayed" for NOTIFY=SUCCESS recipients
+        // handed to an upstream without DSN (RFC 3461 §6.2.3.1), which cannot
+        // send the success notice itself.
+        let mut notices = Vec::new();
         for (k, &i) in due.iter().enumerate() {
             let r = &mut env.recipients[i];
             let attempts = match &r.status {
                 RecipientStatus::Deferred { attempts, .. } => attempts + 1,
                 _ => 1,
             };
-            let (upstream, reply) = match &outcome {
-                Ok((u, replies)) => (Some(*u), replies[k].clone()),
-                Err(e) => (None, UpstreamReply::synthetic(451, "4.4.1", e)),
+            let (upstream, reply, upstream_dsn) = match &outcome {
+                Ok((u, replies, dsn)) => (Some(*u), replies[k].clone(), *dsn),
+                Err(e) => (None, UpstreamReply::synthetic(451, "4.4.1", e), false),
             };
             let upstream_name = upstream.map(|u| self.upstreams[u].name.clone());
             r.status = if reply.is_positive() {
                 info!(queue_id = %id, rcpt = %r.address, upstream = upstream_name.as_deref().unwrap_or(""), reply = %reply, "delivered");
+                if !upstream_dsn {
+                    notices.push((i, upstream_name.clone(), Action::Relayed));
+                }
                 RecipientStatus::Delivered {
                     upstream: upstream_name.unwrap_or_default(),
                     reply: reply.to_string(),
@@ -299,13 +305,14 @@ impl Delivery {
                 let reply = if reply.is_permanent() {
                     reply.to_string()
                 } else {
+                    // RFC 3463 X.4.7: delivery time expired.
                     format!(
-                        "expired after {:?} in the queue; last: {reply}",
-                        self.queue.max_lifetime
+                        "554 5.4.7 expired after {} in the queue; last reply: {reply}",
+                        humantime::format_duration(self.queue.max_lifetime)
                     )
                 };
                 warn!(queue_id = %id, rcpt = %r.address, reply = %reply, "failed");
-                newly_failed.push((i, upstream_name.clone()));
+                notices.push((i, upstream_name.clone(), Action::Failed));
                 RecipientStatus::Failed { reply, at: now }
             } else {
                 let next = now + backoff(&self.queue, attempts).as_secs().max(1);
@@ -318,8 +325,8 @@ impl Delivery {
             };
         }
 
-        if !newly_failed.is_empty() {
-            self.bounce(&env, &message, &newly_failed, domain).await;
+        if !notices.is_empty() {
+            self.notify(&env, &message, &notices, domain).await;
         }
         let next = next_due(&env);
         let saved = if next.is_none() {
@@ -342,10 +349,11 @@ impl Delivery {
         env: &Envelope,
         recipients: &[&Recipient],
         message: &[u8],
-    ) -> Result<Vec<UpstreamReply>, UpstreamError> {
+    ) -> Result<(Vec<UpstreamReply>, bool), UpstreamError> {
         let _slot = self.slots[u].acquire().await;
         let mut conn = self.checkout(u).await?;
         let replies = conn.send(env, recipients, message).await?;
+        let dsn = conn.capabilities().dsn;
         let reusable = conn.messages_sent() < MAX_MESSAGES_PER_CONNECTION
             && conn.opened_at().elapsed() < MAX_CONNECTION_AGE;
         let mut idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner());
@@ -355,7 +363,7 @@ impl Delivery {
             drop(idle);
             tokio::spawn(conn.quit());
         }
-        Ok(replies)
+        Ok((replies, dsn))
     }
 
     /// An idle connection that still answers RSET, or a new one.
@@ -371,32 +379,33 @@ impl Delivery {
         Connection::open(&self.upstreams[u], &self.options).await
     }
 
-    /// Queues one RFC 3464 notification to the sender for the recipients that
-    /// just failed (never to `<>`, and only those whose NOTIFY asks for it).
-    async fn bounce(
+    /// Queues one RFC 3464 notification to the sender about these recipients
+    /// (never to `<>`, and only for those whose NOTIFY asks for it).
+    async fn notify(
         &self,
         env: &Envelope,
         message: &[u8],
-        failed: &[(usize, Option<String>)],
+        notices: &[(usize, Option<String>, Action)],
         domain: Option<String>,
     ) {
         if env.sender.is_empty() {
             return;
         }
-        let reports: Vec<RecipientReport<'_>> = failed
+        let reports: Vec<RecipientReport<'_>> = notices
             .iter()
-            .filter(|(i, _)| dsn::wants(&env.recipients[*i], &Action::Failed))
-            .map(|(i, upstream)| {
+            .filter(|(i, _, action)| dsn::wants(&env.recipients[*i], action))
+            .map(|(i, upstream, action)| {
                 let r = &env.recipients[*i];
-                let reply = match &r.status {
-                    RecipientStatus::Failed { reply, .. } => reply.clone(),
-                    _ => String::new(),
+                let (reply, status) = match &r.status {
+                    RecipientStatus::Failed { reply, .. } => (reply.clone(), status_of(reply)),
+                    RecipientStatus::Delivered { reply, .. } => (reply.clone(), "2.0.0".to_owned()),
+                    _ => (String::new(), "4.0.0".to_owned()),
                 };
                 RecipientReport {
                     address: &r.address,
                     orcpt: r.orcpt.as_deref(),
-                    action: Action::Failed,
-                    status: status_of(&reply),
+                    action: *action,
+                    status,
                     diagnostic: Some(reply),
                     remote_mta: upstream.as_deref().and_then(|name| {
                         self.upstreams
