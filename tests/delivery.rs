@@ -534,3 +534,15 @@ async fn notify_success_passes_upstream_or_yields_a_relayed_notice() {
         relay.stop().await;
     }
 }
+
+#[tokio::test]
+async fn a_sender_no_route_takes_is_refused_at_mail() {
+    let h = Harness::new(
+        "[[upstream]]\nname = \"a\"\naddress = \"127.0.0.1:9\"\ntls = \"none\"\n\n[[route]]\nsender_domains = [\"tenant-a.example\"]\nupstreams = [\"a\"]\n",
+    );
+    let ctx = h.context();
+    let c = h.session(&ctx, "127.0.0.1:4000");
+    let mut c = tls_session(c, &h.ca).await;
+    c.cmd("MAIL FROM:<x@tenant-b.example>", "553 5.7.1").await;
+    c.cmd("MAIL FROM:<x@tenant-a.example>", "250").await;
+}

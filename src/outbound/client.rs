@@ -348,9 +348,19 @@ impl Connection {
             }
             self.wire.send(&batch, t, Stage::Mail).await?;
             mail_reply = self.wire.reply(t, Stage::Mail).await?;
+            let mail_ok = mail_reply.code / 100 == 2;
             for (i, cmd) in rcpts.iter().enumerate() {
                 if cmd.is_some() {
-                    results[i] = Some(self.wire.reply(t, Stage::Rcpt).await?);
+                    match self.wire.reply(t, Stage::Rcpt).await {
+                        Ok(reply) if mail_ok => results[i] = Some(closing(Stage::Rcpt, reply)?),
+                        Ok(reply) if reply.code != 421 => results[i] = Some(reply),
+                        Err(e) if mail_ok => return Err(e),
+                        // MAIL's refusal stands; the connection is closing or lost.
+                        _ => {
+                            self.broken = true;
+                            break;
+                        }
+                    }
                 }
             }
         } else {
@@ -360,7 +370,8 @@ impl Connection {
                 for (i, cmd) in rcpts.iter().enumerate() {
                     if let Some(cmd) = cmd {
                         self.wire.send(cmd.as_bytes(), t, Stage::Rcpt).await?;
-                        results[i] = Some(self.wire.reply(t, Stage::Rcpt).await?);
+                        let reply = self.wire.reply(t, Stage::Rcpt).await?;
+                        results[i] = Some(closing(Stage::Rcpt, reply)?);
                     }
                 }
             }
@@ -403,6 +414,7 @@ impl Connection {
         } else {
             self.data(&message).await?
         };
+        let verdict = closing(Stage::Data, verdict)?;
         if !matches!(verdict.code / 100, 2 | 4 | 5) {
             return Err(unexpected(Stage::Data, &verdict));
         }
@@ -435,7 +447,11 @@ impl Connection {
             .await?;
         let go = self.wire.reply(o.data_init_timeout, Stage::Data).await?;
         if go.code != 354 {
-            return Ok(go);
+            // A refusal applies to every accepted recipient; anything else is nonsense.
+            return match go.code / 100 {
+                4 | 5 => Ok(go),
+                _ => Err(unexpected(Stage::Data, &go)),
+            };
         }
         for block in stuffing::data_blocks(message) {
             self.wire
@@ -677,6 +693,16 @@ fn is_keyword(s: &str) -> bool {
 /// upstream: never put one in a command, whatever the spool holds.
 fn has_control(s: &str) -> bool {
     s.chars().any(char::is_control)
+}
+
+/// 421 (RFC 5321 §3.8): the upstream is closing the connection. Whatever it
+/// was a reply to, the attempt is over; another upstream may do better.
+fn closing(stage: Stage, reply: UpstreamReply) -> Result<UpstreamReply, UpstreamError> {
+    if reply.code == 421 {
+        Err(UpstreamError::Rejected { stage, reply })
+    } else {
+        Ok(reply)
+    }
 }
 
 fn unexpected(stage: Stage, reply: &UpstreamReply) -> UpstreamError {

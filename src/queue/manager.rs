@@ -96,12 +96,22 @@ impl Delivery {
     pub fn upstream_names(&self) -> impl Iterator<Item = &str> {
         self.upstreams.iter().map(|u| u.name.as_str())
     }
+
+    /// Whether mail from `sender` has somewhere to go: a route for its domain
+    /// or a default route (or no upstreams at all, when mail is kept queued).
+    pub fn routable(&self, sender: &str) -> bool {
+        self.upstreams.is_empty()
+            || self
+                .routes
+                .for_domain(domain_of(sender).as_deref())
+                .is_some()
+    }
 }
 
 /// Runs until `shutdown`: recovers the spool, then delivers. Each delivery
 /// uses the configuration current when it starts.
 pub async fn run(
-    current: watch::Receiver<Arc<ServerContext>>,
+    mut current: watch::Receiver<Arc<ServerContext>>,
     mut new_messages: mpsc::UnboundedReceiver<String>,
     shutdown: CancellationToken,
 ) {
@@ -127,12 +137,14 @@ pub async fn run(
     }
     let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Option<u64>)>();
     let mut flush_poll = tokio::time::interval(FLUSH_POLL);
+    // False once the sender of new configurations is gone.
+    let mut reloads = true;
     loop {
-        // Start what is due, up to the in-flight limit.
-        let delivery = current.borrow().delivery.clone();
+        // Start what is due, up to the in-flight limit, with the newest config.
+        let delivery = current.borrow_and_update().delivery.clone();
         if !delivery.upstreams.is_empty() {
             while schedule.in_flight.len() < MAX_IN_FLIGHT {
-                let Some(id) = schedule.pop_due(Instant::now()) else {
+                let Some(id) = schedule.pop_due() else {
                     break;
                 };
                 let (delivery, done) = (delivery.clone(), done_tx.clone());
@@ -142,9 +154,15 @@ pub async fn run(
                 });
             }
         }
-        let wake = schedule.next_wake();
+        // Without upstreams nothing is delivered: sleep until a reload brings some.
+        let wake = if delivery.upstreams.is_empty() {
+            None
+        } else {
+            schedule.next_wake()
+        };
         tokio::select! {
             _ = shutdown.cancelled() => break,
+            changed = current.changed(), if reloads => reloads = changed.is_ok(),
             Some(id) = new_messages.recv() => schedule.add(id, 0),
             Some((id, next)) = done_rx.recv() => {
                 schedule.in_flight.remove(&id);
@@ -180,7 +198,7 @@ impl Schedule {
         self.due.insert((due, id));
     }
 
-    fn pop_due(&mut self, _now: Instant) -> Option<String> {
+    fn pop_due(&mut self) -> Option<String> {
         let now = spool::unix_now();
         let first = self.due.first()?.clone();
         if first.0 > now {

@@ -34,7 +34,11 @@ impl Session {
             .auth
             .as_deref()
             .and_then(|name| self.ctx.users.get(name));
-        if !policy::sender_allowed(&self.ctx.config.access, user, &from.address) {
+        // Also refused: a sender no route takes (routes by sender domain
+        // without a default route), rather than accepted and bounced later.
+        if !policy::sender_allowed(&self.ctx.config.access, user, &from.address)
+            || !self.ctx.delivery.routable(&from.address)
+        {
             return Err(SmtpError::SenderDenied);
         }
         let body = if from.flags & MAIL_BODY_8BITMIME != 0 {
