@@ -136,6 +136,11 @@ pub struct QueueConfig {
     pub retry_min: Duration,
     pub retry_max: Duration,
     pub max_lifetime: Duration,
+    /// Upstream timeouts (RFC 5321 §4.5.3.2): TCP connect; greeting and each
+    /// command; each block of content and the reply after the final dot.
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub data_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -292,6 +297,9 @@ struct RawQueue {
     retry_min: Option<HumanDuration>,
     retry_max: Option<HumanDuration>,
     max_lifetime: Option<HumanDuration>,
+    connect_timeout: Option<HumanDuration>,
+    command_timeout: Option<HumanDuration>,
+    data_timeout: Option<HumanDuration>,
 }
 
 #[derive(Deserialize)]
@@ -533,6 +541,9 @@ impl Config {
                     retry_min: d(q.retry_min, 60),
                     retry_max: d(q.retry_max, 3600),
                     max_lifetime: d(q.max_lifetime, 5 * 86400),
+                    connect_timeout: d(q.connect_timeout, 30),
+                    command_timeout: d(q.command_timeout, 300),
+                    data_timeout: d(q.data_timeout, 600),
                 }
             }
             None => {

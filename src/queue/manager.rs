@@ -86,7 +86,15 @@ impl Delivery {
             idle: (0..n).map(|_| Mutex::new(Vec::new())).collect(),
             options: ClientOptions {
                 helo_name: config.hostname.clone(),
-                ..ClientOptions::default()
+                connect_timeout: config.queue.connect_timeout,
+                greeting_timeout: config.queue.command_timeout,
+                command_timeout: config.queue.command_timeout,
+                // RFC 5321 §4.5.3.2: 2 min for the 354, 3 min per data block,
+                // 10 min for the final reply; the block limit follows data_timeout
+                // only downwards.
+                data_init_timeout: config.queue.command_timeout.min(Duration::from_secs(120)),
+                data_block_timeout: config.queue.data_timeout.min(Duration::from_secs(180)),
+                data_end_timeout: config.queue.data_timeout,
             },
             upstreams,
             handle,
@@ -495,6 +503,9 @@ mod tests {
             retry_min: Duration::from_secs(60),
             retry_max: Duration::from_secs(3600),
             max_lifetime: Duration::from_secs(86400),
+            connect_timeout: Duration::from_secs(30),
+            command_timeout: Duration::from_secs(300),
+            data_timeout: Duration::from_secs(600),
         };
         for (attempts, base) in [(1, 60.0), (2, 120.0), (3, 240.0), (10, 3600.0)] {
             let b = backoff(&q, attempts).as_secs_f64();
