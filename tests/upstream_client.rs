@@ -5,7 +5,6 @@ mod common;
 #[path = "fake_upstream/mod.rs"]
 mod fake_upstream;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use common::TestCa;
@@ -276,6 +275,38 @@ async fn mail_5xx_is_every_recipients_reply_and_4xx_is_an_error() {
             other => panic!("{other:?}"),
         }
     }
+}
+
+#[tokio::test]
+async fn a_421_anywhere_ends_the_attempt() {
+    let env = envelope("a@example.com", &["b@example.net", "c@example.net"]);
+    for pipelining in [true, false] {
+        let fake = FakeUpstream::start(Script {
+            pipelining,
+            rcpt_replies: vec![("b@example.net".into(), "421 4.3.2 shutting down".into())],
+            ..Script::default()
+        })
+        .await;
+        assert!(matches!(
+            deliver(&plain(&fake), &env, b"x\r\n").await,
+            Err(UpstreamError::Rejected {
+                stage: Stage::Rcpt,
+                ..
+            })
+        ));
+    }
+    let fake = FakeUpstream::start(Script {
+        data_reply: "421 4.3.2 bye".into(),
+        ..Script::default()
+    })
+    .await;
+    assert!(matches!(
+        deliver(&plain(&fake), &env, b"x\r\n").await,
+        Err(UpstreamError::Rejected {
+            stage: Stage::Data,
+            ..
+        })
+    ));
 }
 
 #[tokio::test]
@@ -717,4 +748,67 @@ async fn upstream_from_config_reads_the_password_and_ca() {
         ..config
     };
     assert!(Upstream::from_config(&bad_ca).is_err());
+}
+
+/// aiosmtpd (Python) as a real upstream: STARTTLS verified against the test
+/// CA, then DATA; the content must land byte for byte.
+#[tokio::test]
+async fn aiosmtpd_receives_the_message_byte_for_byte() {
+    use tokio::io::AsyncBufReadExt;
+    let ca = TestCa::new();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key, out) = (
+        dir.path().join("c.pem"),
+        dir.path().join("k.pem"),
+        dir.path().join("out"),
+    );
+    std::fs::write(&cert, format!("{}{}", ca.cert_pem, ca.ca_pem)).unwrap();
+    std::fs::write(&key, &ca.key_pem).unwrap();
+    std::fs::create_dir(&out).unwrap();
+    let script = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/aiosmtpd/server.py"
+    );
+    let mut child = tokio::process::Command::new("python3")
+        .arg(script)
+        .args([&cert, &key, &out])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("python3 is required");
+    let mut stdout = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(20), stdout.next_line())
+        .await
+        .expect("aiosmtpd starts in time")
+        .unwrap()
+        .expect("aiosmtpd is required: pip install aiosmtpd (or apt-get install python3-aiosmtpd)");
+    let port = line.strip_prefix("PORT ").unwrap();
+
+    let mut up = upstream(
+        format!("127.0.0.1:{port}"),
+        UpstreamTls::Required,
+        Some(&ca),
+    );
+    up.tls_name = Some("relay.test".into());
+    let mut c = Connection::open(&up, &options()).await.unwrap();
+    assert!(c.capabilities().tls_verified && !c.capabilities().chunking);
+    let mut env = envelope("a@example.com", &["b@example.net", "c@example.net"]);
+    env.params.body = Some("8BITMIME".into());
+    let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+    let r = c.send(&env, &rcpts, TRICKY).await.unwrap();
+    assert_eq!(r[0].to_string(), "250 2.0.0 stored");
+    assert_eq!(codes(&r), [250, 250]);
+    c.quit().await;
+
+    assert_eq!(std::fs::read(out.join("msg1.eml")).unwrap(), TRICKY);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out.join("msg1.json")).unwrap()).unwrap();
+    assert_eq!(meta["tls"], true);
+    assert_eq!(
+        meta["rcpt_to"],
+        serde_json::json!(["b@example.net", "c@example.net"])
+    );
+    drop(child.stdin.take());
+    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

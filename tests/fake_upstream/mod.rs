@@ -175,11 +175,12 @@ impl FakeUpstream {
         self.record().connections
     }
 
-    /// True if any command starting with `verb` (e.g. `"MAIL"`) was received.
-    pub fn saw(&self, verb: &str) -> bool {
+    /// True if any command starting with `prefix` (e.g. `"MAIL"`, any case) was received.
+    pub fn saw(&self, prefix: &str) -> bool {
+        let prefix = prefix.to_ascii_uppercase();
         self.commands()
             .iter()
-            .any(|c| c.to_ascii_uppercase().starts_with(verb))
+            .any(|c| c.to_ascii_uppercase().starts_with(&prefix))
     }
 }
 
