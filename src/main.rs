@@ -342,19 +342,21 @@ fn serve(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
-        let listeners = match smarthost::bind(&config).await {
-            Ok(l) => l,
-            Err(e) => {
-                error!("{e}");
-                return ExitCode::FAILURE;
-            }
-        };
+        // Certificates, upstreams and the spool first: a config error is
+        // reported as such even when the port is also taken.
         let ctx = match ServerContext::new(config) {
             Ok(c) => c,
             Err(smarthost::server::StartError::Tls(e)) => {
                 error!("{}", locate_tls_error(&path, &e));
                 return ExitCode::FAILURE;
             }
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let listeners = match smarthost::bind(&ctx.config).await {
+            Ok(l) => l,
             Err(e) => {
                 error!("{e}");
                 return ExitCode::FAILURE;
