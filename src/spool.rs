@@ -228,7 +228,12 @@ impl Spool {
             }
         }
         File::open(&msg_dir)?.sync_all()?;
-        Ok(Spool {
+        Ok(Spool::at(root))
+    }
+
+    fn at(root: &Path) -> Spool {
+        let msg_dir = root.join("msg");
+        Spool {
             inner: Arc::new(SpoolInner {
                 dir_sync: DirSync {
                     dir: msg_dir.clone(),
@@ -236,9 +241,9 @@ impl Spool {
                     synced: Mutex::new(0),
                 },
                 msg_dir,
-                tmp_dir,
+                tmp_dir: root.join("tmp"),
             }),
-        })
+        }
     }
 
     /// Opens an existing spool without touching it: for `queue list/delete`
@@ -251,17 +256,7 @@ impl Spool {
                 format!("no spool at {} (no msg/ directory)", root.display()),
             ));
         }
-        Ok(Spool {
-            inner: Arc::new(SpoolInner {
-                dir_sync: DirSync {
-                    dir: msg_dir.clone(),
-                    renamed: AtomicU64::new(0),
-                    synced: Mutex::new(0),
-                },
-                msg_dir,
-                tmp_dir: root.join("tmp"),
-            }),
-        })
+        Ok(Spool::at(root))
     }
 
     pub fn message_path(&self, id: &str) -> PathBuf {

@@ -90,7 +90,9 @@ pub fn build(
 ) -> Vec<u8> {
     let hostname = clean(hostname);
     let date = |t: u64| DateTime::from_timestamp(t as i64).to_rfc822();
-    let original = crlf(original);
+    // A lone CR or LF in a stored message must not reach the notice as a bare
+    // line ending.
+    let original = crate::outbound::stuffing::canonical(original);
     // RFC 2046 §5.1.1: the boundary must not occur in the enclosed content.
     let boundary = loop {
         let b = format!("=_smarthost_dsn_{:016x}", rand::random::<u64>());
@@ -392,25 +394,6 @@ fn status_code(status: &str, action: Action) -> String {
     }
 }
 
-/// Every line ending made CRLF: a lone CR or LF in a stored message must not
-/// reach the notice as a bare line ending.
-fn crlf(input: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(input.len() + input.len() / 32);
-    let mut i = 0;
-    while i < input.len() {
-        match input[i] {
-            b'\r' if input.get(i + 1) == Some(&b'\n') => {
-                out.extend_from_slice(b"\r\n");
-                i += 1;
-            }
-            b'\r' | b'\n' => out.extend_from_slice(b"\r\n"),
-            b => out.push(b),
-        }
-        i += 1;
-    }
-    out
-}
-
 /// The header section, through the CRLF ending its last field, without the
 /// empty line or anything after it (RFC 5322 §2.1). No empty line: it is all
 /// header. A message starting with the empty line has no header section.
@@ -456,7 +439,6 @@ mod tests {
         assert_eq!(status_code("5.1.x", Action::Failed), "5.0.0");
         assert_eq!(address_field("josé@example"), "utf-8; jos\\x{E9}@example");
         assert_eq!(xtext("a b+c"), "a+20b+2Bc");
-        assert_eq!(crlf(b"a\nb\rc\r\n"), b"a\r\nb\r\nc\r\n");
         assert_eq!(header_section(b"A: b\r\n\r\nbody"), b"A: b\r\n");
         assert_eq!(header_section(b"\r\nbody"), b"");
     }
