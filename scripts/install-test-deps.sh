@@ -2,6 +2,9 @@
 # Installs the real third-party SMTP peers that tests/peers.rs drives:
 #   swaks (+ Net::SSLeay for its STARTTLS), openssl, ca-certificates, python3,
 #   haproxy (a real PROXY protocol sender for tests/peers_access.rs),
+#   postfix (only for smtp-sink, an upstream for tests/real_upstreams.rs;
+#   installed as "No configuration", so no daemon runs and nothing binds
+#   port 25), python3-aiosmtpd (a STARTTLS upstream, tests/peers/aiosmtpd),
 #   and Exim's binary alone under /opt/exim (tests/peers/exim/install.sh).
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
@@ -18,7 +21,8 @@ fi
 command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2; exit 1; }
 
 here=$(cd "$(dirname "$0")" && pwd)
-packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy)
+packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
+          postfix python3-aiosmtpd)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
@@ -36,8 +40,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     chmod 755 /usr/sbin/policy-rc.d
     trap 'rm -f /usr/sbin/policy-rc.d' EXIT
   fi
+  # Postfix as "No configuration": no main.cf is written, so even a start
+  # (which policy-rc.d denies anyway) would not run a system MTA on port 25.
+  echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
   # --no-install-recommends: swaks' Recommends are not needed, and nothing
-  # here may pull in a mail-transport-agent.
+  # here may pull in another mail-transport-agent.
   install() { apt-get install -y -qq --no-install-recommends "$@" >/dev/null; }
   # Update the lists only when needed: a missing package unknown to them (a
   # fresh machine has none), or an install that fails on stale ones.
@@ -54,6 +61,14 @@ for tool in swaks openssl python3 haproxy; do
   command -v "$tool" >/dev/null || { echo "$0: $tool missing after install" >&2; exit 1; }
 done
 perl -MNet::SSLeay -e 1 || { echo "$0: perl Net::SSLeay missing (swaks --tls)" >&2; exit 1; }
+[ -x /usr/sbin/smtp-sink ] || { echo "$0: /usr/sbin/smtp-sink missing after installing postfix" >&2; exit 1; }
+# The tests use python3 from PATH, else Debian's (where python3-aiosmtpd is).
+python3 -c 'import aiosmtpd.controller' 2>/dev/null || /usr/bin/python3 -c 'import aiosmtpd.controller' ||
+  { echo "$0: python module aiosmtpd missing (python3-aiosmtpd)" >&2; exit 1; }
+# No system MTA may listen: nothing on port 25 (0019 in /proc/net/tcp*, state 0A).
+if awk '$2 ~ /:0019$/ && $4 == "0A" {found=1} END {exit !found}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
+  echo "$0: something listens on port 25; a system MTA must not run (postfix stop?)" >&2; exit 1
+fi
 
 # Exim's binary under /opt/exim (unpacked, not installed: no daemon, no MTA
 # conflict). The script is itself idempotent.
