@@ -295,6 +295,12 @@ impl Spool {
             let _ = fs::remove_file(&tmp);
             write_synced(&tmp, &json)?;
             fs::rename(&tmp, &target)?;
+            // Deleted meanwhile: take back the envelope just written. (A lone
+            // envelope left by an even closer race is swept at the next start.)
+            if !inner.msg_dir.join(format!("{id}.eml")).exists() {
+                let _ = fs::remove_file(&target);
+                return Err(SpoolError::Io(io::ErrorKind::NotFound.into()));
+            }
             inner.dir_sync.sync_after_rename()?;
             Ok(())
         })

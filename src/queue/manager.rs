@@ -263,12 +263,15 @@ impl Delivery {
                 return None;
             }
         };
-        let now = spool::unix_now();
+        // The schedule decided it is time: every recipient still to do goes in
+        // this attempt, so a message's recipients never drift into separate
+        // transactions (and `queue flush` really retries).
         let due: Vec<usize> = (0..env.recipients.len())
-            .filter(|&i| match env.recipients[i].status {
-                RecipientStatus::Pending => true,
-                RecipientStatus::Deferred { next_attempt, .. } => next_attempt <= now,
-                _ => false,
+            .filter(|&i| {
+                matches!(
+                    env.recipients[i].status,
+                    RecipientStatus::Pending | RecipientStatus::Deferred { .. }
+                )
             })
             .collect();
         if due.is_empty() {
@@ -302,6 +305,17 @@ impl Delivery {
 
         let now = spool::unix_now();
         let expired = now >= env.received_at + self.queue.max_lifetime.as_secs();
+        // One retry time for the whole message (jitter included), from the
+        // most-tried recipient.
+        let attempts = due
+            .iter()
+            .map(|&i| match &env.recipients[i].status {
+                RecipientStatus::Deferred { attempts, .. } => attempts + 1,
+                _ => 1,
+            })
+            .max()
+            .unwrap_or(1);
+        let next_attempt = now + backoff(&self.queue, attempts).as_secs().max(1);
         // Notices to send: failures, and "relayed" for NOTIFY=SUCCESS recipients
         // handed to an upstream without DSN (RFC 3461 §6.2.3.1), which cannot
         // send the success notice itself.
@@ -341,12 +355,11 @@ impl Delivery {
                 notices.push((i, upstream_name.clone(), Action::Failed));
                 RecipientStatus::Failed { reply, at: now }
             } else {
-                let next = now + backoff(&self.queue, attempts).as_secs().max(1);
-                info!(queue_id = %id, rcpt = %r.address, reply = %reply, attempts, retry_in = next - now, "deferred");
+                info!(queue_id = %id, rcpt = %r.address, reply = %reply, attempts, retry_in = next_attempt - now, "deferred");
                 RecipientStatus::Deferred {
                     reply: reply.to_string(),
                     attempts,
-                    next_attempt: next,
+                    next_attempt,
                 }
             };
         }

@@ -1,0 +1,793 @@
+//! Crash safety of delivery, with the real binaries: `smarthost serve` relays
+//! to two `smarthost sink` processes and is SIGKILLed while it delivers, then
+//! restarted on the same spool. Every message that got a `250` must reach an
+//! upstream at least once (duplicates are allowed: delivery is at least
+//! once), byte for byte what was sent plus our one Received header; and the
+//! queue must drain. Also: with both upstreams down, mail is accepted and
+//! deferred, and delivered once one comes back.
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::TcpListener as StdListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
+
+const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
+
+type TlsClient = Client<tokio_rustls::client::TlsStream<TcpStream>>;
+
+// ---------------------------------------------------------------------------
+// Child processes.
+
+/// A child process that is SIGKILLed (and reaped) when dropped.
+struct Proc {
+    child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Proc {
+    fn spawn(args: &[&str], log: &Path) -> Proc {
+        Proc {
+            child: Command::new(BIN)
+                .args(args)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::File::create(log).unwrap())
+                .spawn()
+                .expect("spawn smarthost"),
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().unwrap()
+    }
+}
+
+/// SIGKILL by pid, from wherever the moment comes.
+fn sigkill(pid: i32) {
+    // SAFETY: kill(2) on our own child's pid; no memory is involved.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+    }
+}
+
+/// A port that was free a moment ago (the socket is dropped before returning).
+fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `127.0.0.1:port` until it sends a 220 banner (15 s at most).
+async fn wait_banner(proc: &mut Proc, port: u16, log: &Path) -> Result<(), String> {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while Instant::now() < deadline {
+        if let Some(status) = proc.exited() {
+            return Err(format!(
+                "exited early ({status}): {}",
+                std::fs::read_to_string(log).unwrap_or_default()
+            ));
+        }
+        if let Ok(Ok(mut s)) = tokio::time::timeout(
+            Duration::from_secs(1),
+            TcpStream::connect(("127.0.0.1", port)),
+        )
+        .await
+        {
+            let mut buf = [0u8; 512];
+            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
+                && buf[..n].starts_with(b"220")
+            {
+                return Ok(());
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Err(format!(
+        "no banner on port {port} within 15 s: {}",
+        std::fs::read_to_string(log).unwrap_or_default()
+    ))
+}
+
+/// `smarthost sink` on a port reserved for it, stoppable and restartable.
+struct Sink {
+    name: String,
+    port: u16,
+    dir: PathBuf,
+    logs: PathBuf,
+    starts: usize,
+    proc: Option<Proc>,
+}
+
+impl Sink {
+    /// Picks the port and directory; does not start it.
+    fn new(base: &Path, name: &str) -> Sink {
+        let dir = base.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Sink {
+            name: name.to_owned(),
+            port: free_port(),
+            dir,
+            logs: base.to_path_buf(),
+            starts: 0,
+            proc: None,
+        }
+    }
+
+    async fn start(&mut self) {
+        assert!(self.proc.is_none(), "sink {} already running", self.name);
+        let log = self
+            .logs
+            .join(format!("sink-{}-{}.log", self.name, self.starts));
+        self.starts += 1;
+        let listen = format!("127.0.0.1:{}", self.port);
+        let mut proc = Proc::spawn(
+            &[
+                "sink",
+                "--listen",
+                &listen,
+                "--dir",
+                self.dir.to_str().unwrap(),
+            ],
+            &log,
+        );
+        wait_banner(&mut proc, self.port, &log)
+            .await
+            .unwrap_or_else(|e| panic!("sink {}: {e}", self.name));
+        self.proc = Some(proc);
+    }
+
+    /// SIGKILL and reap.
+    fn stop(&mut self) {
+        self.proc = None;
+    }
+
+    fn upstream(&self) -> String {
+        format!(
+            "[[upstream]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\n",
+            self.name, self.port
+        )
+    }
+
+    /// The `.eml` files received so far, in arrival order.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.extension().is_some_and(|e| e == "eml")
+                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
+            })
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn count(&self) -> usize {
+        self.files().len()
+    }
+}
+
+/// `smarthost serve` on the harness config, moved to a fixed free port;
+/// SIGKILLed when dropped. Restartable on the same spool.
+struct Relay {
+    proc: Proc,
+    port: u16,
+    log: PathBuf,
+}
+
+impl Relay {
+    async fn start(h: &Harness) -> Relay {
+        static STARTS: AtomicUsize = AtomicUsize::new(0);
+        let template = h.dir.path().join("template.toml");
+        if !template.exists() {
+            std::fs::copy(&h.config_path, &template).unwrap();
+        }
+        let text = std::fs::read_to_string(&template).unwrap();
+        assert!(text.contains("127.0.0.1:0"), "{text}");
+        let mut last = String::new();
+        for _ in 0..5 {
+            let port = free_port();
+            std::fs::write(
+                &h.config_path,
+                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+            )
+            .unwrap();
+            let n = STARTS.fetch_add(1, Ordering::Relaxed);
+            let log = h.dir.path().join(format!("relay-{n}.log"));
+            let mut proc = Proc::spawn(
+                &["serve", "--config", h.config_path.to_str().unwrap()],
+                &log,
+            );
+            match wait_banner(&mut proc, port, &log).await {
+                Ok(()) => return Relay { proc, port, log },
+                Err(e) => {
+                    last = e;
+                    if !last.contains("in use") {
+                        break;
+                    }
+                }
+            }
+        }
+        panic!("relay did not start: {last}");
+    }
+
+    async fn tls(&self, ca: &TestCa) -> TlsClient {
+        let c = Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap());
+        tls_session(c, ca).await
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+/// Runs `smarthost ARGS` to completion (30 s at most): status, stdout, stderr.
+fn run(args: &[&str]) -> (ExitStatus, String, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
+    let mut p = Proc {
+        child: Command::new(BIN)
+            .args(args)
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out).unwrap())
+            .stderr(std::fs::File::create(&err).unwrap())
+            .spawn()
+            .expect("spawn smarthost"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = p.exited() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "smarthost {args:?} hung");
+        std::thread::sleep(Duration::from_millis(10));
+    };
+    (
+        status,
+        std::fs::read_to_string(out).unwrap(),
+        std::fs::read_to_string(err).unwrap(),
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Messages.
+
+/// One message a client tried to send.
+#[derive(Debug, Clone)]
+struct Sent {
+    message_id: String,
+    from: String,
+    to: Vec<String>,
+    body: Vec<u8>,
+    /// The final "." went out (the relay may have spooled it without our seeing a 250).
+    fully_sent: bool,
+    /// The queue id from `250 2.0.0 ... queued as <id>`.
+    queued_as: Option<String>,
+}
+
+/// A CRLF message of about `size` bytes with a unique Message-ID.
+fn message(message_id: &str, from: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: <{from}>\r\nTo: <rcpt@partner.example>\r\nSubject: delivery crash test\r\nMessage-ID: <{message_id}>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut i = 0u64;
+    while m.len() < size {
+        m.extend_from_slice(
+            format!("{message_id} line {i:08} abcdefghijklmnopqrstuvwxyz\r\n").as_bytes(),
+        );
+        i += 1;
+    }
+    m
+}
+
+fn queue_id_of(reply: &Reply) -> Option<String> {
+    let last = reply.lines.last()?;
+    if !last.starts_with("250 2.0.0") || !last.contains("queued as ") {
+        return None;
+    }
+    let id = last.rsplit("queued as ").next()?.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// Sends `line` and reads the reply; Err when the relay is gone or says otherwise.
+async fn step(c: &mut TlsClient, line: &str, expect: &str) -> Result<Reply, String> {
+    if !c.try_send(format!("{line}\r\n")).await {
+        return Err(format!("{line}: send failed"));
+    }
+    match c.try_reply().await {
+        Some(r) if r.lines.last().unwrap().starts_with(expect) => Ok(r),
+        Some(r) => Err(format!("{line}: expected {expect}, got {:?}", r.lines)),
+        None => Err(format!("{line}: connection closed")),
+    }
+}
+
+/// Sends one message, filling in `sent` as it goes.
+async fn send_message(c: &mut TlsClient, sent: &mut Sent) -> Result<(), String> {
+    step(c, &format!("MAIL FROM:<{}>", sent.from), "250").await?;
+    for r in &sent.to {
+        step(c, &format!("RCPT TO:<{r}>"), "250").await?;
+    }
+    step(c, "DATA", "354").await?;
+    if !c.try_send(&sent.body).await || !c.try_send(b".\r\n").await {
+        return Err("body: send failed".into());
+    }
+    sent.fully_sent = true;
+    let r = c.try_reply().await.ok_or("dot: connection closed")?;
+    sent.queued_as = Some(queue_id_of(&r).ok_or_else(|| format!("dot: {:?}", r.lines))?);
+    Ok(())
+}
+
+/// `sessions` concurrent STARTTLS sessions, `per_session` messages each,
+/// until done or the relay dies; everything tried is appended to `results`.
+async fn send_burst(
+    relay: &Relay,
+    h: &Harness,
+    tag: &str,
+    sessions: usize,
+    per_session: usize,
+    extra_rcpts: usize,
+    results: Arc<Mutex<Vec<Sent>>>,
+) -> tokio::task::JoinSet<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..sessions {
+        let mut c = relay.tls(&h.ca).await;
+        let (results, tag) = (results.clone(), tag.to_owned());
+        tasks.spawn(async move {
+            for n in 0..per_session {
+                let from = format!("s{t}@tenant.example");
+                let message_id = format!("{tag}-s{t}-m{n}@crash-delivery.test");
+                let mut to = vec![format!("r{n}@partner.example")];
+                if n % 4 == 0 {
+                    to.push(format!("cc{n}@other.example"));
+                }
+                to.extend((0..extra_rcpts).map(|k| format!("x{k}-{n}@partner.example")));
+                let size = 2_000 + (t * 7 + n * 13) % 10 * 30_000;
+                let mut sent = Sent {
+                    body: message(&message_id, &from, size),
+                    message_id,
+                    from,
+                    to,
+                    fully_sent: false,
+                    queued_as: None,
+                };
+                let r = send_message(&mut c, &mut sent).await;
+                results.lock().unwrap().push(sent);
+                if r.is_err() {
+                    return; // the relay is gone
+                }
+            }
+            let _ = step(&mut c, "QUIT", "221").await;
+        });
+    }
+    tasks
+}
+
+/// Waits until `pred` holds, checking every 20 ms, for `secs` at most.
+async fn eventually(what: &str, secs: u64, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Message-ID in `content`'s header section.
+fn message_id_in(content: &[u8]) -> String {
+    let text = String::from_utf8_lossy(content);
+    let header = text.split("\r\n\r\n").next().unwrap_or("");
+    header
+        .split("Message-ID: <")
+        .nth(1)
+        .and_then(|r| r.split('>').next())
+        .unwrap_or_else(|| panic!("no Message-ID in {header:.300}"))
+        .to_owned()
+}
+
+/// What the sinks received, by Message-ID: (sink, file, bytes) per copy.
+type Received = BTreeMap<String, Vec<(String, PathBuf, Vec<u8>)>>;
+
+fn received(sinks: &[&Sink]) -> Received {
+    let mut got = Received::new();
+    for s in sinks {
+        for f in s.files() {
+            let bytes = std::fs::read(&f).unwrap();
+            let mid = message_id_in(strip_received(&bytes));
+            got.entry(mid).or_default().push((s.name.clone(), f, bytes));
+        }
+    }
+    got
+}
+
+/// What the sinks got, summed up by `check_deliveries`.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Tally {
+    /// Distinct messages (by Message-ID) at the sinks.
+    messages: usize,
+    /// Copies of a (message, recipient) beyond the first: at-least-once duplicates.
+    duplicates: usize,
+    /// Messages that arrived as more than one transaction (each with only
+    /// some of their recipients).
+    split: usize,
+}
+
+/// Every acknowledged message reached a sink for each of its recipients;
+/// every copy at a sink is a message that was completely sent, equal to it
+/// plus exactly one Received header of ours, for some of its recipients
+/// (sidecar); copies of one message are byte-identical.
+fn check_deliveries(sinks: &[&Sink], sent: &[Sent]) -> Tally {
+    let got = received(sinks);
+    let by_id: HashMap<&str, &Sent> = sent.iter().map(|s| (s.message_id.as_str(), s)).collect();
+    let mut tally = Tally {
+        messages: got.len(),
+        ..Tally::default()
+    };
+    let mut reached: HashMap<&str, BTreeMap<String, usize>> = HashMap::new();
+    for (mid, copies) in &got {
+        let s = by_id
+            .get(mid.as_str())
+            .unwrap_or_else(|| panic!("a sink received unknown message {mid}"));
+        assert!(
+            s.fully_sent,
+            "{mid} reached a sink but its content was never completely sent"
+        );
+        let per_rcpt = reached.entry(s.message_id.as_str()).or_default();
+        for (sink, file, bytes) in copies {
+            let content = strip_received(bytes);
+            let header = String::from_utf8_lossy(&bytes[..bytes.len() - content.len()]);
+            assert!(
+                header.starts_with("Received: from client.test (")
+                    && header.contains("by relay.test (smarthost) with ESMTPS"),
+                "{sink} {}: not our Received header: {header}",
+                file.display()
+            );
+            if let Some(q) = &s.queued_as {
+                assert!(header.contains(q.as_str()), "{mid}: {header}");
+            }
+            assert!(
+                content == s.body.as_slice(),
+                "{sink} {}: content of {mid} ({} bytes) differs from what was sent ({} bytes)",
+                file.display(),
+                content.len(),
+                s.body.len()
+            );
+            assert!(
+                !content.starts_with(b"Received:"),
+                "{mid}: more than one Received header"
+            );
+            assert!(
+                bytes == &copies[0].2,
+                "{mid}: copies differ ({} vs {})",
+                file.display(),
+                copies[0].1.display()
+            );
+            let sidecar: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap())
+                    .unwrap();
+            assert_eq!(sidecar["mail_from"], s.from.as_str(), "{mid}");
+            let rcpts: Vec<String> = serde_json::from_value(sidecar["rcpt_to"].clone()).unwrap();
+            assert!(!rcpts.is_empty(), "{mid}: no recipients");
+            for r in rcpts {
+                assert!(s.to.contains(&r), "{mid} delivered to {r}, not a recipient");
+                *per_rcpt.entry(r).or_default() += 1;
+            }
+        }
+        let transactions = copies.len();
+        let most = per_rcpt.values().copied().max().unwrap_or(0);
+        if transactions > most {
+            tally.split += 1;
+        }
+        tally.duplicates += per_rcpt.values().map(|n| n - 1).sum::<usize>();
+    }
+    for s in sent {
+        if s.queued_as.is_none() {
+            continue;
+        }
+        let per_rcpt = reached.get(s.message_id.as_str());
+        for r in &s.to {
+            assert!(
+                per_rcpt.is_some_and(|m| m.contains_key(r)),
+                "{} was acknowledged as {:?} but never reached an upstream for {r}",
+                s.message_id,
+                s.queued_as
+            );
+        }
+    }
+    tally
+}
+
+/// Bounds a whole scenario.
+async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("scenario timed out")
+}
+
+fn queue_extra(sinks: &[&Sink]) -> String {
+    let upstreams: String = sinks.iter().map(|s| s.upstream()).collect();
+    format!("retry_min = \"1s\"\nretry_max = \"2s\"\n\n{upstreams}")
+}
+
+// ---------------------------------------------------------------------------
+// The tests.
+
+const SESSIONS: usize = 3;
+const PER_SESSION: usize = 20;
+const ROUNDS: usize = 6;
+
+/// Rounds of: 60 messages from 3 STARTTLS sessions, SIGKILL of the relay
+/// once the sinks hold about a third of them, restart on the same spool,
+/// drain. Even rounds kill while the clients are still sending (live
+/// traffic); odd rounds queue everything with both sinks down first, then
+/// start them and kill in the middle of the backlog's delivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_during_delivery_loses_nothing_acknowledged() {
+    within(300, async {
+        let base = tempfile::tempdir().unwrap();
+        let mut eu = Sink::new(base.path(), "eu");
+        let mut us = Sink::new(base.path(), "us");
+        eu.start().await;
+        us.start().await;
+        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let mut relay = Relay::start(&h).await;
+        let all = Arc::new(Mutex::new(Vec::<Sent>::new()));
+        let started = Instant::now();
+        let mut undelivered_at_kills = 0;
+        let mut rounds_done = 0;
+        for round in 0..ROUNDS {
+            // Bounded: stop early rather than run into the scenario timeout.
+            if round >= 2 && started.elapsed() > Duration::from_secs(150) {
+                break;
+            }
+            let backlog = round % 2 == 1;
+            let tag = format!("r{round}");
+            let results = Arc::new(Mutex::new(Vec::<Sent>::new()));
+            let before = eu.count() + us.count();
+            let target = before + SESSIONS * PER_SESSION / 3;
+            if backlog {
+                eu.stop();
+                us.stop();
+            }
+            let mut senders =
+                send_burst(&relay, &h, &tag, SESSIONS, PER_SESSION, 0, results.clone()).await;
+            if backlog {
+                // Everything accepted and waiting: both upstreams are down.
+                while let Some(r) = senders.join_next().await {
+                    r.unwrap();
+                }
+                let acked = results
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .filter(|s| s.queued_as.is_some())
+                    .count();
+                assert_eq!(acked, SESSIONS * PER_SESSION, "the relay refused mail");
+                assert_eq!(eu.count() + us.count(), before);
+                eu.start().await;
+                us.start().await;
+            }
+            // Kill once the sinks hold about a third of this round.
+            let pid = relay.proc.pid();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while eu.count() + us.count() < target {
+                assert!(
+                    Instant::now() < deadline,
+                    "round {round}: sinks got {} of {target} in 30 s\n{}",
+                    eu.count() + us.count(),
+                    relay.log()
+                );
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+            sigkill(pid);
+            let at_kill = eu.count() + us.count() - before;
+            let _ = relay.proc.child.wait();
+            while let Some(r) = tokio::time::timeout(Duration::from_secs(20), senders.join_next())
+                .await
+                .expect("senders stop once the relay is gone")
+            {
+                r.unwrap();
+            }
+            let round_sent = results.lock().unwrap().clone();
+            let acked = round_sent.iter().filter(|s| s.queued_as.is_some()).count();
+            let delivered_at_kill = {
+                let got = received(&[&eu, &us]);
+                round_sent
+                    .iter()
+                    .filter(|s| s.queued_as.is_some() && got.contains_key(&s.message_id))
+                    .count()
+            };
+            undelivered_at_kills += acked - delivered_at_kill;
+            all.lock().unwrap().extend(round_sent);
+
+            relay = Relay::start(&h).await;
+            eventually("an empty queue after the restart", 60, || {
+                h.spool_files() == 0
+            })
+            .await;
+            let sent = all.lock().unwrap().clone();
+            let t = check_deliveries(&[&eu, &us], &sent);
+            eprintln!(
+                "round {round} ({}): killed with {at_kill} files at the sinks, {acked} acknowledged, {} of them not yet delivered; after the restart: {} distinct messages delivered so far, {} duplicate(s) and {} split message(s) in all, {:.1?} elapsed",
+                if backlog { "backlog" } else { "live" },
+                acked - delivered_at_kill,
+                t.messages,
+                t.duplicates,
+                t.split,
+                started.elapsed()
+            );
+            rounds_done += 1;
+        }
+        // The kills landed while deliveries were outstanding.
+        assert!(
+            undelivered_at_kills > 0,
+            "every kill came after all acknowledged mail was delivered"
+        );
+        let sent = all.lock().unwrap().clone();
+        let t = check_deliveries(&[&eu, &us], &sent);
+        let acked = sent.iter().filter(|s| s.queued_as.is_some()).count();
+        eprintln!(
+            "{rounds_done} kill rounds: {} messages tried, {acked} acknowledged, {} delivered, {} duplicate(s), {} split message(s), {} acknowledged-but-undelivered at the kills",
+            sent.len(),
+            t.messages,
+            t.duplicates,
+            t.split,
+            undelivered_at_kills
+        );
+        assert!(eu.count() > 0 && us.count() > 0, "round-robin used one sink only");
+    })
+    .await;
+}
+
+/// Both upstreams down: messages are accepted and queued (`queue list`
+/// shows each recipient deferred with the upstream failure); one upstream
+/// starts: all are delivered to it, once each, and the queue empties. No
+/// crash here, so no duplicate is acceptable, and each message, whose
+/// recipients all failed and were retried together, should reach the
+/// upstream as one transaction with all its recipients.
+#[tokio::test(flavor = "multi_thread")]
+async fn both_upstreams_down_then_one_returns_delivers_everything() {
+    within(120, async {
+        let base = tempfile::tempdir().unwrap();
+        let eu = Sink::new(base.path(), "eu");
+        let mut us = Sink::new(base.path(), "us");
+        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let relay = Relay::start(&h).await;
+        let config = h.config_path.to_str().unwrap().to_owned();
+        let results = Arc::new(Mutex::new(Vec::new()));
+        let mut senders = send_burst(&relay, &h, "outage", 1, 10, 2, results.clone()).await;
+        while let Some(r) = senders.join_next().await {
+            r.unwrap();
+        }
+        let sent = results.lock().unwrap().clone();
+        assert!(
+            sent.iter().all(|s| s.queued_as.is_some()),
+            "refused with both upstreams down"
+        );
+
+        // Deferred, each recipient, with the failure as the last reply.
+        let mut listing = serde_json::Value::Null;
+        eventually("all 10 deferred in queue list --json", 20, || {
+            let (status, out, err) = run(&["queue", "list", "--config", &config, "--json"]);
+            assert!(status.success(), "{err}");
+            listing = serde_json::from_str(&out).unwrap();
+            let entries = listing.as_array().unwrap();
+            entries.len() == 10
+                && entries.iter().all(|e| {
+                    e["recipients"]
+                        .as_array()
+                        .unwrap()
+                        .iter()
+                        .all(|r| r["state"] == "deferred")
+                })
+        })
+        .await;
+        for e in listing.as_array().unwrap() {
+            let id = e["id"].as_str().unwrap();
+            let s = sent
+                .iter()
+                .find(|s| s.queued_as.as_deref() == Some(id))
+                .unwrap_or_else(|| panic!("{id} listed but never acknowledged"));
+            let rcpts: Vec<&str> = e["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["address"].as_str().unwrap())
+                .collect();
+            assert_eq!(rcpts, s.to, "{id}");
+            for r in e["recipients"].as_array().unwrap() {
+                let reply = r["last_reply"].as_str().unwrap();
+                assert!(reply.starts_with("451 4.4.1"), "{reply}");
+            }
+        }
+        let (status, out, _) = run(&["queue", "list", "--config", &config]);
+        assert!(status.success());
+        assert!(out.contains("(deferred)"), "{out}");
+        assert!(out.contains("10 message(s) queued"), "{out}");
+
+        // A few more retries while both are down (attempts 2 and 3 back off
+        // 2 s +-10 %), then record each message's per-recipient retry times.
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let (_, out, _) = run(&["queue", "list", "--config", &config, "--json"]);
+        let listing: serde_json::Value = serde_json::from_str(&out).unwrap();
+        let diverged: Vec<String> = listing
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|e| {
+                let times: Vec<u64> = e["recipients"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .filter_map(|r| r["next_attempt"].as_u64())
+                    .collect();
+                times
+                    .windows(2)
+                    .any(|w| w[0] != w[1])
+                    .then(|| format!("{} next_attempt {times:?}", e["id"]))
+            })
+            .collect();
+        assert_eq!(eu.count() + us.count(), 0);
+
+        us.start().await;
+        eventually("every recipient delivered", 30, || {
+            let got = received(&[&us]);
+            sent.iter().all(|s| {
+                got.get(&s.message_id).is_some_and(|copies| {
+                    let n: usize = copies
+                        .iter()
+                        .map(|(_, f, _)| {
+                            let j: serde_json::Value = serde_json::from_slice(
+                                &std::fs::read(f.with_extension("json")).unwrap(),
+                            )
+                            .unwrap();
+                            j["rcpt_to"].as_array().unwrap().len()
+                        })
+                        .sum();
+                    n >= s.to.len()
+                })
+            })
+        })
+        .await;
+        eventually("an empty queue", 30, || h.spool_files() == 0).await;
+        let t = check_deliveries(&[&eu, &us], &sent);
+        assert_eq!(eu.count(), 0);
+        let (status, out, _) = run(&["queue", "list", "--config", &config]);
+        assert!(status.success());
+        assert!(out.contains("0 message(s) queued"), "{out}");
+        assert_eq!(t.duplicates, 0, "duplicates without a crash");
+        assert!(
+            t.split == 0,
+            "{} of 10 messages reached the upstream as several transactions, each with \
+             only some of the recipients; the recipients' retry times had drifted apart \
+             during the outage: {diverged:?}",
+            t.split
+        );
+        drop(relay);
+    })
+    .await;
+}
