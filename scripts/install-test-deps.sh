@@ -62,9 +62,13 @@ for tool in swaks openssl python3 haproxy; do
 done
 perl -MNet::SSLeay -e 1 || { echo "$0: perl Net::SSLeay missing (swaks --tls)" >&2; exit 1; }
 [ -x /usr/sbin/smtp-sink ] || { echo "$0: /usr/sbin/smtp-sink missing after installing postfix" >&2; exit 1; }
-# The tests use python3 from PATH, else Debian's (where python3-aiosmtpd is).
-python3 -c 'import aiosmtpd.controller' 2>/dev/null || /usr/bin/python3 -c 'import aiosmtpd.controller' ||
-  { echo "$0: python module aiosmtpd missing (python3-aiosmtpd)" >&2; exit 1; }
+# Some tests run python3 from PATH (which may be a pyenv build that does not
+# see Debian's python3-aiosmtpd): give that interpreter aiosmtpd from PyPI too.
+if ! python3 -c 'import aiosmtpd.controller' 2>/dev/null; then
+  python3 -m pip install --quiet --root-user-action=ignore aiosmtpd
+fi
+python3 -c 'import aiosmtpd.controller' && /usr/bin/python3 -c 'import aiosmtpd.controller' ||
+  { echo "$0: python module aiosmtpd missing (python3-aiosmtpd / pip install aiosmtpd)" >&2; exit 1; }
 # No system MTA may listen: nothing on port 25 (0019 in /proc/net/tcp*, state 0A).
 if awk '$2 ~ /:0019$/ && $4 == "0A" {found=1} END {exit !found}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
   echo "$0: something listens on port 25; a system MTA must not run (postfix stop?)" >&2; exit 1
