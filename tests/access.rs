@@ -18,6 +18,11 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// `AUTH PLAIN` with an initial response for `user` (no authzid).
+fn auth_plain(user: &str, password: &str) -> String {
+    format!("AUTH PLAIN {}", b64(&format!("\0{user}\0{password}")))
+}
+
 fn hash(password: &str) -> String {
     use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
     argon2::Argon2::default()
@@ -73,11 +78,8 @@ async fn auth_plain_with_and_without_initial_response() {
     let ctx = h.context();
     let c = h.session(&ctx, "198.51.100.21:50000");
     let mut c = tls_session(c, &h.ca).await;
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64(&format!("\0exchange01\0{PASSWORD}"))),
-        "235 2.7.0",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", PASSWORD), "235 2.7.0")
+        .await;
     let c = h.session(&ctx, "198.51.100.22:50000");
     let mut c = tls_session(c, &h.ca).await;
     c.cmd("AUTH PLAIN", "334").await;
@@ -106,11 +108,8 @@ async fn auth_protocol_errors() {
     // Before TLS on a TLS-required listener: 530, and the credentials are not checked.
     let mut c = h.session(&ctx, "198.51.100.30:1");
     c.hello().await;
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64(&format!("\0exchange01\0{PASSWORD}"))),
-        "530 5.7.0",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", PASSWORD), "530 5.7.0")
+        .await;
     let mut c = c.starttls(&h.ca).await;
     c.cmd("AUTH LOGIN", "334").await;
     c.cmd("*", "501 5.7.0").await;
@@ -163,11 +162,7 @@ async fn wrong_password_and_unknown_user_look_alike_then_421() {
     c.cmd("AUTH LOGIN", "334").await;
     c.cmd(&b64("nobody"), "334").await;
     c.cmd(&b64(PASSWORD), "535 5.7.8").await;
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64("\0exchange01\0wrong")),
-        "421 4.7.0",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", "wrong"), "421 4.7.0").await;
     assert!(c.closed().await);
 
     // Same work for a known and an unknown name: each attempt from a fresh
@@ -185,11 +180,7 @@ async fn wrong_password_and_unknown_user_look_alike_then_421() {
             let c = h.session(&ctx, &peer);
             let mut c = tls_session(c, &h.ca).await;
             let start = Instant::now();
-            c.cmd(
-                &format!("AUTH PLAIN {}", b64(&format!("\0{user}\0guess"))),
-                "535 5.7.8",
-            )
-            .await;
+            c.cmd(&auth_plain(user, "guess"), "535 5.7.8").await;
             times.push(start.elapsed());
         }
     }
@@ -213,11 +204,7 @@ async fn failures_from_one_address_slow_down_its_next_attempts() {
     let mut times = Vec::new();
     for _ in 0..4 {
         let start = Instant::now();
-        c.cmd(
-            &format!("AUTH PLAIN {}", b64("\0exchange01\0wrong")),
-            "535 5.7.8",
-        )
-        .await;
+        c.cmd(&auth_plain("exchange01", "wrong"), "535 5.7.8").await;
         times.push(start.elapsed());
     }
     // The throttle waits 0.5 s, 1 s, 2 s before the 2nd, 3rd and 4th checks.
@@ -227,11 +214,7 @@ async fn failures_from_one_address_slow_down_its_next_attempts() {
     let c = h.session(&ctx, "198.51.100.50:2");
     let mut c = tls_session(c, &h.ca).await;
     let start = Instant::now();
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64(&format!("\0exchange01\0{PASSWORD}"))),
-        "235",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", PASSWORD), "235").await;
     assert!(
         start.elapsed() >= Duration::from_secs(4),
         "{:?}",
@@ -240,11 +223,7 @@ async fn failures_from_one_address_slow_down_its_next_attempts() {
     let c = h.session(&ctx, "198.51.100.51:1");
     let mut c = tls_session(c, &h.ca).await;
     let start = Instant::now();
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64(&format!("\0exchange01\0{PASSWORD}"))),
-        "235",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", PASSWORD), "235").await;
     assert!(
         start.elapsed() < Duration::from_secs(2),
         "{:?}",
@@ -258,11 +237,7 @@ async fn user_sender_domains_and_global_sender_domains() {
     let ctx = h.context();
     let c = h.session(&ctx, "198.51.100.60:1");
     let mut c = tls_session(c, &h.ca).await;
-    c.cmd(
-        &format!("AUTH PLAIN {}", b64(&format!("\0tenant-a\0{PASSWORD}"))),
-        "235",
-    )
-    .await;
+    c.cmd(&auth_plain("tenant-a", PASSWORD), "235").await;
     c.cmd("MAIL FROM:<ceo@tenant-b.example>", "553 5.7.1").await;
     c.cmd("MAIL FROM:<>", "250").await;
     c.cmd("RSET", "250").await;
@@ -441,7 +416,7 @@ async fn brute_force_rate_from_one_address() {
         c.reply_timeout = Duration::from_secs(120);
         for _ in 0..3 {
             let left = Duration::from_secs(60).saturating_sub(start.elapsed());
-            let line = format!("AUTH PLAIN {}", b64("\0exchange01\0guess"));
+            let line = auth_plain("exchange01", "guess");
             let attempt = c.cmd(&line, "");
             match tokio::time::timeout(left, attempt).await {
                 Ok(r) if r.code == 535 || r.code == 421 => attempts += 1,

@@ -3,186 +3,17 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::*;
 use common::*;
 use smarthost::spool::Spool;
-use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
-
-// ---------------------------------------------------------------------------
-// Running the binary.
-
-/// A child process that is SIGKILLed if the test fails before it exits.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(self.pid(), sig) }, 0);
-    }
-
-    /// The exit status, if the process ends within `limit`.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.child.try_wait().unwrap() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs the binary to completion (30 s at most) with `stdin` as its input.
-fn run(args: &[&str], stdin: &[u8]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut p = Proc {
-        child: Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::piped())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn smarthost"),
-    };
-    {
-        let mut input = p.child.stdin.take().unwrap();
-        let _ = input.write_all(stdin);
-    }
-    let status = p
-        .wait_for(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("smarthost {args:?} did not exit within 30 s"));
-    Output {
-        status,
-        stdout: std::fs::read_to_string(out).unwrap(),
-        stderr: std::fs::read_to_string(err).unwrap(),
-    }
-}
-
 fn check_config(path: &Path) -> Output {
-    run(&["check-config", "--config", path.to_str().unwrap()], b"")
-}
-
-/// A port that was free a moment ago (the socket is dropped before returning).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `smarthost serve` on the harness config, moved to a fixed free port.
-struct Relay {
-    proc: Proc,
-    port: u16,
-    log: PathBuf,
-    /// The config file it runs on (the harness config, on a fixed port).
-    config: PathBuf,
-}
-
-impl Relay {
-    async fn start(h: &Harness) -> Relay {
-        let text = std::fs::read_to_string(&h.config_path).unwrap();
-        assert!(text.contains("127.0.0.1:0"), "{text}");
-        let mut last = String::new();
-        for attempt in 0..5 {
-            let port = free_port();
-            let config = h.dir.path().join(format!("serve-{attempt}.toml"));
-            std::fs::write(
-                &config,
-                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-            )
-            .unwrap();
-            let log = h.dir.path().join(format!("serve-{attempt}.log"));
-            let mut relay = Relay {
-                proc: Proc {
-                    child: Command::new(BIN)
-                        .arg("serve")
-                        .arg("--config")
-                        .arg(&config)
-                        .stdin(Stdio::null())
-                        .stdout(Stdio::null())
-                        .stderr(std::fs::File::create(&log).unwrap())
-                        .spawn()
-                        .expect("spawn smarthost"),
-                },
-                port,
-                log,
-                config,
-            };
-            match relay.wait_ready().await {
-                Ok(()) => return relay,
-                Err(e) => {
-                    last = format!("{e}\n{}", relay.log());
-                    if !last.contains("in use") {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("relay did not start: {last}");
-    }
-
-    /// Polls until the relay sends its banner (15 s at most).
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.proc.child.try_wait().unwrap() {
-                return Err(format!("relay exited early: {status}"));
-            }
-            if let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)).await {
-                let mut buf = [0u8; 512];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
-                    && buf[..n].starts_with(b"220")
-                {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err("relay not ready within 15 s".into())
-    }
-
-    async fn connect(&self) -> Client<TcpStream> {
-        Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap())
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
+    run(&["check-config", "--config", path.to_str().unwrap()])
 }
 
 // ---------------------------------------------------------------------------
@@ -420,7 +251,7 @@ fn repository_reference_config_passes_check_config() {
 #[test]
 fn hash_password_prints_a_verifiable_argon2id_string() {
     use argon2::{PasswordHash, PasswordVerifier};
-    let out = run(&["hash-password"], b"s3cret\n");
+    let out = run_with_stdin(&["hash-password"], b"s3cret\n");
     assert!(out.status.success(), "{}", out.stderr);
     let lines: Vec<&str> = out.stdout.lines().collect();
     assert_eq!(lines.len(), 1, "{:?}", out.stdout);
@@ -433,11 +264,11 @@ fn hash_password_prints_a_verifiable_argon2id_string() {
     // The trailing newline is not part of the password.
     assert!(argon.verify_password(b"s3cret\n", &hash).is_err());
     // A fresh salt each time.
-    let again = run(&["hash-password"], b"s3cret\n");
+    let again = run_with_stdin(&["hash-password"], b"s3cret\n");
     assert_ne!(again.stdout.trim(), phc);
     // Without a final newline (e.g. printf) and with CRLF it is the same password.
     for input in [&b"s3cret"[..], b"s3cret\r\n"] {
-        let out = run(&["hash-password"], input);
+        let out = run_with_stdin(&["hash-password"], input);
         assert!(out.status.success(), "{}", out.stderr);
         let hash = PasswordHash::new(out.stdout.trim()).unwrap();
         assert!(argon.verify_password(b"s3cret", &hash).is_ok());
@@ -447,7 +278,7 @@ fn hash_password_prints_a_verifiable_argon2id_string() {
 #[test]
 fn hash_password_refuses_empty_input() {
     for input in [&b""[..], b"\n"] {
-        let out = run(&["hash-password"], input);
+        let out = run_with_stdin(&["hash-password"], input);
         assert!(!out.status.success(), "{input:?}: {}", out.stdout);
         assert!(out.stdout.is_empty(), "{input:?}: {}", out.stdout);
         assert!(!out.stderr.is_empty());
@@ -544,7 +375,7 @@ async fn sigint_stops_an_idle_relay_with_exit_0() {
 
 /// Runs `serve` expecting it to give up at once.
 fn serve_fails(config: &Path) -> Output {
-    run(&["serve", "--config", config.to_str().unwrap()], b"")
+    run(&["serve", "--config", config.to_str().unwrap()])
 }
 
 #[test]

@@ -4,277 +4,22 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::binary::*;
 use common::*;
-use rustls::DigitallySignedStruct;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use tokio::io::AsyncReadExt;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
-const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
 const FROM: &str = "sender@tenant.example";
 
-// ---------------------------------------------------------------------------
-// Child processes.
-
-/// A child process that is SIGKILLed (and reaped) when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: &Path) -> Proc {
-        Proc {
-            child: Command::new(BIN)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .expect("spawn smarthost"),
-        }
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-
-    fn signal(&self, sig: i32) {
-        // SAFETY: kill(2) on our own child's pid; no memory is involved.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, sig) }, 0);
-    }
-
-    /// The exit status, if the process ends within `limit`.
-    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(s) = self.exited() {
-                return Some(s);
-            }
-            if Instant::now() >= deadline {
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// A port that was free a moment ago (the socket is dropped before returning):
-/// also serves as the address of an upstream that is down.
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `127.0.0.1:port` until it sends a 220 banner (15 s at most).
-async fn wait_banner(proc: &mut Proc, port: u16, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Some(status) = proc.exited() {
-            return Err(format!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ));
-        }
-        if let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        {
-            let mut buf = [0u8; 512];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
-                && buf[..n].starts_with(b"220")
-            {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!(
-        "no banner on port {port} within 15 s: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    ))
-}
-
-struct Output {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-/// Runs `smarthost ARGS` to completion (30 s at most).
-fn run(args: &[&str]) -> Output {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut p = Proc {
-        child: Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn smarthost"),
-    };
-    let status = p
-        .wait_for(Duration::from_secs(30))
-        .unwrap_or_else(|| panic!("smarthost {args:?} did not exit within 30 s"));
-    Output {
-        status,
-        stdout: std::fs::read_to_string(out).unwrap(),
-        stderr: std::fs::read_to_string(err).unwrap(),
-    }
-}
-
-/// `smarthost sink` on a port reserved for it; not running until `start`.
-struct Sink {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-    log: PathBuf,
-    tls: Option<(PathBuf, PathBuf)>,
-    proc: Option<Proc>,
-}
-
-impl Sink {
-    fn new(base: &Path, name: &str) -> Sink {
-        Sink {
-            name: name.to_owned(),
-            port: free_port(),
-            dir: base.join(name),
-            log: base.join(format!("sink-{name}.log")),
-            tls: None,
-            proc: None,
-        }
-    }
-
-    async fn start(&mut self) {
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut args = vec![
-            "sink".to_owned(),
-            "--listen".to_owned(),
-            listen,
-            "--dir".to_owned(),
-            self.dir.to_str().unwrap().to_owned(),
-        ];
-        if let Some((cert, key)) = &self.tls {
-            args.push("--tls-cert".into());
-            args.push(cert.to_str().unwrap().into());
-            args.push("--tls-key".into());
-            args.push(key.to_str().unwrap().into());
-        }
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        let mut proc = Proc::spawn(&args, &self.log);
-        wait_banner(&mut proc, self.port, &self.log)
-            .await
-            .unwrap_or_else(|e| panic!("sink {}: {e}", self.name));
-        self.proc = Some(proc);
-    }
-
-    fn upstream(&self) -> String {
-        format!(
-            "[[upstream]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\n",
-            self.name, self.port
-        )
-    }
-
-    /// The `.eml` files received so far, in arrival order.
-    fn files(&self) -> Vec<PathBuf> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .map(|d| {
-                d.map(|e| e.unwrap().path())
-                    .filter(|p| {
-                        p.extension().is_some_and(|e| e == "eml")
-                            && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        names.sort();
-        names
-    }
-
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.files()
-            .iter()
-            .map(|f| std::fs::read(f).unwrap())
-            .collect()
-    }
-}
-
-/// `smarthost serve` on the harness config, moved to a fixed free port;
-/// SIGKILLed when dropped.
-struct Relay {
-    _proc: Proc,
-    port: u16,
-    log: PathBuf,
-}
-
 impl Relay {
-    async fn start(h: &Harness) -> Relay {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let template = h.dir.path().join("template.toml");
-        if !template.exists() {
-            std::fs::copy(&h.config_path, &template).unwrap();
-        }
-        let text = std::fs::read_to_string(&template).unwrap();
-        assert!(text.contains("127.0.0.1:0"), "{text}");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            std::fs::write(
-                &h.config_path,
-                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-            )
-            .unwrap();
-            let n = STARTS.fetch_add(1, Ordering::Relaxed);
-            let log = h.dir.path().join(format!("relay-{n}.log"));
-            let mut proc = Proc::spawn(
-                &["serve", "--config", h.config_path.to_str().unwrap()],
-                &log,
-            );
-            match wait_banner(&mut proc, port, &log).await {
-                Ok(()) => {
-                    return Relay {
-                        _proc: proc,
-                        port,
-                        log,
-                    };
-                }
-                Err(e) => {
-                    last = e;
-                    if !last.contains("in use") {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("relay did not start: {last}");
-    }
-
     /// Sends `tag`-0 .. `tag`-(n-1) over one STARTTLS session; returns
     /// (queue id, body) per message.
     async fn send(&self, h: &Harness, tag: &str, to: &[&str], n: usize) -> Vec<(String, Vec<u8>)> {
-        let c = Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap());
-        let mut c = tls_session(c, &h.ca).await;
+        let mut c = self.tls(&h.ca).await;
         let mut out = Vec::new();
         for i in 0..n {
             let body = format!(
@@ -289,10 +34,6 @@ impl Relay {
         }
         c.cmd("QUIT", "221").await;
         out
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 }
 
@@ -754,71 +495,14 @@ async fn sink_writes_each_message_to_a_file_with_its_envelope() {
 // ---------------------------------------------------------------------------
 // demo
 
-/// Accepts any server certificate (the demo's is self-signed), still checking
-/// the handshake signatures.
-#[derive(Debug)]
-struct AcceptAny;
-
-impl ServerCertVerifier for AcceptAny {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &smarthost::tls::provider().signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &smarthost::tls::provider().signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        smarthost::tls::provider()
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
 /// Greeting, EHLO, STARTTLS trusting any certificate, EHLO again.
 async fn starttls_any(port: u16) -> Client<tokio_rustls::client::TlsStream<TcpStream>> {
     let mut c = Client::new(TcpStream::connect(("127.0.0.1", port)).await.unwrap());
     c.hello().await;
     c.cmd("MAIL FROM:<early@example.com>", "530 5.7.0").await;
     c.cmd("STARTTLS", "220").await;
-    let config = rustls::ClientConfig::builder_with_provider(smarthost::tls::provider())
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAny))
-        .with_no_client_auth();
-    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+    // Any certificate (the demo's is self-signed); signatures still checked.
+    let tls = tokio_rustls::TlsConnector::from(smarthost::outbound::tls::unverified_config())
         .connect(ServerName::try_from("localhost").unwrap(), c.stream)
         .await
         .expect("TLS handshake with the demo");

@@ -7,147 +7,14 @@
 mod common;
 
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::*;
 use common::*;
 use smarthost::spool::{RecipientStatus, Spool};
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-
-type TlsClient = Client<tokio_rustls::client::TlsStream<TcpStream>>;
-
-// ---------------------------------------------------------------------------
-// The relay as a child process.
-
-/// `smarthost serve` on a loopback port of its own; SIGKILLed when dropped.
-struct Relay {
-    child: Child,
-    port: u16,
-    log: PathBuf,
-}
-
-/// A port that was free a moment ago (the socket is dropped before returning).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-impl Relay {
-    /// Rewrites the harness config to listen on a fixed free port, starts the
-    /// binary, and waits for its 220 banner (which comes only after the spool
-    /// was opened and crash debris cleared). Retries if the port was taken in
-    /// between by someone else.
-    async fn start(h: &Harness) -> Relay {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let template = h.dir.path().join("template.toml");
-        if !template.exists() {
-            std::fs::copy(&h.config_path, &template).unwrap();
-        }
-        let text = std::fs::read_to_string(&template).unwrap();
-        assert!(text.contains("127.0.0.1:0"), "{text}");
-        let mut last_log = String::new();
-        for _attempt in 0..5 {
-            let port = free_port();
-            std::fs::write(
-                &h.config_path,
-                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-            )
-            .unwrap();
-            let n = STARTS.fetch_add(1, Ordering::Relaxed);
-            let log = h.dir.path().join(format!("relay-{n}.log"));
-            let child = Command::new(env!("CARGO_BIN_EXE_smarthost"))
-                .arg("serve")
-                .arg("--config")
-                .arg(&h.config_path)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(&log).unwrap())
-                .spawn()
-                .expect("spawn smarthost");
-            let mut relay = Relay { child, port, log };
-            match relay.wait_ready().await {
-                Ok(()) => return relay,
-                Err(e) => {
-                    last_log = format!("{e}\n{}", relay.log());
-                    if !last_log.contains("in use") {
-                        panic!("relay did not start: {last_log}");
-                    }
-                }
-            }
-        }
-        panic!("relay did not start: {last_log}");
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    /// Polls until the relay answers with its banner (15 s at most).
-    async fn wait_ready(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Err(format!("relay exited early: {status}"));
-            }
-            if let Ok(Ok(mut s)) = tokio::time::timeout(
-                Duration::from_secs(1),
-                TcpStream::connect(("127.0.0.1", self.port)),
-            )
-            .await
-            {
-                let mut buf = [0u8; 512];
-                if let Ok(Ok(n)) =
-                    tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
-                    && buf[..n].starts_with(b"220")
-                {
-                    return Ok(());
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        Err("relay not ready within 15 s".into())
-    }
-
-    async fn connect(&self) -> Client<TcpStream> {
-        Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap())
-    }
-
-    async fn tls(&self, ca: &TestCa) -> TlsClient {
-        tls_session(self.connect().await, ca).await
-    }
-
-    /// SIGKILL and reap.
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// SIGKILL by pid, from wherever the moment comes (`Child::kill` needs `&mut`).
-fn sigkill(pid: i32) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Messages and what happened to them.

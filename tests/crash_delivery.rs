@@ -9,267 +9,12 @@
 mod common;
 
 use std::collections::{BTreeMap, HashMap};
-use std::net::TcpListener as StdListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::binary::*;
 use common::*;
-use tokio::io::AsyncReadExt;
-use tokio::net::TcpStream;
-
-const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
-
-type TlsClient = Client<tokio_rustls::client::TlsStream<TcpStream>>;
-
-// ---------------------------------------------------------------------------
-// Child processes.
-
-/// A child process that is SIGKILLed (and reaped) when dropped.
-struct Proc {
-    child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Proc {
-    fn spawn(args: &[&str], log: &Path) -> Proc {
-        Proc {
-            child: Command::new(BIN)
-                .args(args)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::File::create(log).unwrap())
-                .spawn()
-                .expect("spawn smarthost"),
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.id() as i32
-    }
-
-    fn exited(&mut self) -> Option<ExitStatus> {
-        self.child.try_wait().unwrap()
-    }
-}
-
-/// SIGKILL by pid, from wherever the moment comes.
-fn sigkill(pid: i32) {
-    // SAFETY: kill(2) on our own child's pid; no memory is involved.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-    }
-}
-
-/// A port that was free a moment ago (the socket is dropped before returning).
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Polls `127.0.0.1:port` until it sends a 220 banner (15 s at most).
-async fn wait_banner(proc: &mut Proc, port: u16, log: &Path) -> Result<(), String> {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while Instant::now() < deadline {
-        if let Some(status) = proc.exited() {
-            return Err(format!(
-                "exited early ({status}): {}",
-                std::fs::read_to_string(log).unwrap_or_default()
-            ));
-        }
-        if let Ok(Ok(mut s)) = tokio::time::timeout(
-            Duration::from_secs(1),
-            TcpStream::connect(("127.0.0.1", port)),
-        )
-        .await
-        {
-            let mut buf = [0u8; 512];
-            if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await
-                && buf[..n].starts_with(b"220")
-            {
-                return Ok(());
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    Err(format!(
-        "no banner on port {port} within 15 s: {}",
-        std::fs::read_to_string(log).unwrap_or_default()
-    ))
-}
-
-/// `smarthost sink` on a port reserved for it, stoppable and restartable.
-struct Sink {
-    name: String,
-    port: u16,
-    dir: PathBuf,
-    logs: PathBuf,
-    starts: usize,
-    proc: Option<Proc>,
-}
-
-impl Sink {
-    /// Picks the port and directory; does not start it.
-    fn new(base: &Path, name: &str) -> Sink {
-        let dir = base.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Sink {
-            name: name.to_owned(),
-            port: free_port(),
-            dir,
-            logs: base.to_path_buf(),
-            starts: 0,
-            proc: None,
-        }
-    }
-
-    async fn start(&mut self) {
-        assert!(self.proc.is_none(), "sink {} already running", self.name);
-        let log = self
-            .logs
-            .join(format!("sink-{}-{}.log", self.name, self.starts));
-        self.starts += 1;
-        let listen = format!("127.0.0.1:{}", self.port);
-        let mut proc = Proc::spawn(
-            &[
-                "sink",
-                "--listen",
-                &listen,
-                "--dir",
-                self.dir.to_str().unwrap(),
-            ],
-            &log,
-        );
-        wait_banner(&mut proc, self.port, &log)
-            .await
-            .unwrap_or_else(|e| panic!("sink {}: {e}", self.name));
-        self.proc = Some(proc);
-    }
-
-    /// SIGKILL and reap.
-    fn stop(&mut self) {
-        self.proc = None;
-    }
-
-    fn upstream(&self) -> String {
-        format!(
-            "[[upstream]]\nname = \"{}\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\n",
-            self.name, self.port
-        )
-    }
-
-    /// The `.eml` files received so far, in arrival order.
-    fn files(&self) -> Vec<PathBuf> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| {
-                p.extension().is_some_and(|e| e == "eml")
-                    && !p.file_name().unwrap().to_string_lossy().starts_with('.')
-            })
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn count(&self) -> usize {
-        self.files().len()
-    }
-}
-
-/// `smarthost serve` on the harness config, moved to a fixed free port;
-/// SIGKILLed when dropped. Restartable on the same spool.
-struct Relay {
-    proc: Proc,
-    port: u16,
-    log: PathBuf,
-}
-
-impl Relay {
-    async fn start(h: &Harness) -> Relay {
-        static STARTS: AtomicUsize = AtomicUsize::new(0);
-        let template = h.dir.path().join("template.toml");
-        if !template.exists() {
-            std::fs::copy(&h.config_path, &template).unwrap();
-        }
-        let text = std::fs::read_to_string(&template).unwrap();
-        assert!(text.contains("127.0.0.1:0"), "{text}");
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            std::fs::write(
-                &h.config_path,
-                text.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-            )
-            .unwrap();
-            let n = STARTS.fetch_add(1, Ordering::Relaxed);
-            let log = h.dir.path().join(format!("relay-{n}.log"));
-            let mut proc = Proc::spawn(
-                &["serve", "--config", h.config_path.to_str().unwrap()],
-                &log,
-            );
-            match wait_banner(&mut proc, port, &log).await {
-                Ok(()) => return Relay { proc, port, log },
-                Err(e) => {
-                    last = e;
-                    if !last.contains("in use") {
-                        break;
-                    }
-                }
-            }
-        }
-        panic!("relay did not start: {last}");
-    }
-
-    async fn tls(&self, ca: &TestCa) -> TlsClient {
-        let c = Client::new(TcpStream::connect(("127.0.0.1", self.port)).await.unwrap());
-        tls_session(c, ca).await
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-/// Runs `smarthost ARGS` to completion (30 s at most): status, stdout, stderr.
-fn run(args: &[&str]) -> (ExitStatus, String, String) {
-    let dir = tempfile::tempdir().unwrap();
-    let (out, err) = (dir.path().join("out"), dir.path().join("err"));
-    let mut p = Proc {
-        child: Command::new(BIN)
-            .args(args)
-            .env_remove("RUST_LOG")
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out).unwrap())
-            .stderr(std::fs::File::create(&err).unwrap())
-            .spawn()
-            .expect("spawn smarthost"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(s) = p.exited() {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "smarthost {args:?} hung");
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status,
-        std::fs::read_to_string(out).unwrap(),
-        std::fs::read_to_string(err).unwrap(),
-    )
-}
 
 // ---------------------------------------------------------------------------
 // Messages.
@@ -692,7 +437,11 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         // Deferred, each recipient, with the failure as the last reply.
         let mut listing = serde_json::Value::Null;
         eventually("all 10 deferred in queue list --json", 20, || {
-            let (status, out, err) = run(&["queue", "list", "--config", &config, "--json"]);
+            let Output {
+                status,
+                stdout: out,
+                stderr: err,
+            } = run(&["queue", "list", "--config", &config, "--json"]);
             assert!(status.success(), "{err}");
             listing = serde_json::from_str(&out).unwrap();
             let entries = listing.as_array().unwrap();
@@ -724,7 +473,11 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
                 assert!(reply.starts_with("451 4.4.1"), "{reply}");
             }
         }
-        let (status, out, _) = run(&["queue", "list", "--config", &config]);
+        let Output {
+            status,
+            stdout: out,
+            ..
+        } = run(&["queue", "list", "--config", &config]);
         assert!(status.success());
         assert!(out.contains("(deferred)"), "{out}");
         assert!(out.contains("10 message(s) queued"), "{out}");
@@ -732,7 +485,7 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         // A few more retries while both are down (attempts 2 and 3 back off
         // 2 s +-10 %), then record each message's per-recipient retry times.
         tokio::time::sleep(Duration::from_secs(5)).await;
-        let (_, out, _) = run(&["queue", "list", "--config", &config, "--json"]);
+        let Output { stdout: out, .. } = run(&["queue", "list", "--config", &config, "--json"]);
         let listing: serde_json::Value = serde_json::from_str(&out).unwrap();
         let diverged: Vec<String> = listing
             .as_array()
@@ -776,7 +529,11 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         eventually("an empty queue", 30, || h.spool_files() == 0).await;
         let t = check_deliveries(&[&eu, &us], &sent);
         assert_eq!(eu.count(), 0);
-        let (status, out, _) = run(&["queue", "list", "--config", &config]);
+        let Output {
+            status,
+            stdout: out,
+            ..
+        } = run(&["queue", "list", "--config", &config]);
         assert!(status.success());
         assert!(out.contains("0 message(s) queued"), "{out}");
         assert_eq!(t.duplicates, 0, "duplicates without a crash");

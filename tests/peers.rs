@@ -73,6 +73,14 @@ impl Ran {
             self.status, self.stdout, self.stderr
         )
     }
+
+    /// Asserts that stdout contains each of `needles`.
+    #[track_caller]
+    fn assert_stdout_has(&self, needles: &[&str]) {
+        for needle in needles {
+            assert!(self.stdout.contains(needle), "{}", self.output());
+        }
+    }
 }
 
 /// Runs `cmd` to completion with `input` on its stdin, within TOOL_TIMEOUT
@@ -436,28 +444,12 @@ async fn openssl_tls12_ecdhe_ecdsa_aes128_gcm_p256_as_exchange_2012r2() {
     )
     .await;
     assert!(ran.status.success(), "{}", ran.output());
-    assert!(
-        ran.stdout
-            .contains("New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-GCM-SHA256"),
-        "{}",
-        ran.output()
-    );
-    assert!(
-        ran.stdout.contains("Protocol  : TLSv1.2"),
-        "{}",
-        ran.output()
-    );
-    assert!(
-        ran.stdout
-            .contains("Server Temp Key: ECDH, prime256v1, 256 bits"),
-        "{}",
-        ran.output()
-    );
-    assert!(
-        ran.stdout.contains("Verify return code: 0 (ok)"),
-        "{}",
-        ran.output()
-    );
+    ran.assert_stdout_has(&[
+        "New, TLSv1.2, Cipher is ECDHE-ECDSA-AES128-GCM-SHA256",
+        "Protocol  : TLSv1.2",
+        "Server Temp Key: ECDH, prime256v1, 256 bits",
+        "Verify return code: 0 (ok)",
+    ]);
     let env = assert_spooled_one(&h, &sent, &[TO]);
     let tls = env.client.tls.unwrap();
     assert_eq!(tls.version, "TLSv1_2");
@@ -484,22 +476,11 @@ async fn openssl_tls13_p256() {
     )
     .await;
     assert!(ran.status.success(), "{}", ran.output());
-    assert!(
-        ran.stdout
-            .contains("New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256"),
-        "{}",
-        ran.output()
-    );
-    assert!(
-        ran.stdout.contains("Protocol  : TLSv1.3"),
-        "{}",
-        ran.output()
-    );
-    assert!(
-        ran.stdout.contains("Verify return code: 0 (ok)"),
-        "{}",
-        ran.output()
-    );
+    ran.assert_stdout_has(&[
+        "New, TLSv1.3, Cipher is TLS_AES_128_GCM_SHA256",
+        "Protocol  : TLSv1.3",
+        "Verify return code: 0 (ok)",
+    ]);
     let env = assert_spooled_one(&h, &sent, &[TO]);
     let tls = env.client.tls.unwrap();
     assert_eq!(tls.version, "TLSv1_3");

@@ -2,6 +2,8 @@
 //! loopback or on an in-memory pipe, and a small raw SMTP client.
 #![allow(dead_code)]
 
+pub mod binary;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -188,14 +190,18 @@ impl Harness {
         Client::new(client)
     }
 
-    /// Every message in the spool, oldest first.
+    /// Every message in the spool, oldest first. Read-only (`Spool::inspect`,
+    /// not `open`, which would sweep a running relay's in-flight files); a
+    /// message delivered and removed while being read is skipped.
     pub fn spooled(&self) -> Vec<(Envelope, Vec<u8>)> {
-        let spool = Spool::open(&self.spool_dir()).unwrap();
+        let Ok(spool) = Spool::inspect(&self.spool_dir()) else {
+            return Vec::new();
+        };
         spool
             .list()
-            .unwrap()
+            .unwrap_or_default()
             .iter()
-            .map(|id| spool.read(id).unwrap())
+            .filter_map(|id| spool.read(id).ok())
             .collect()
     }
 
