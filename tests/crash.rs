@@ -297,7 +297,11 @@ async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
         let extra = assert_spool_consistent(&h.spool_dir(), &sent);
         assert!(extra.is_empty(), "{extra:?}");
         assert_eq!(
-            Spool::open(&h.spool_dir()).unwrap().list().unwrap().len(),
+            Spool::inspect(&h.spool_dir())
+                .unwrap()
+                .list()
+                .unwrap()
+                .len(),
             TASKS * PER_TASK
         );
         assert_accepts_mail(&relay, &h).await;
@@ -427,7 +431,11 @@ async fn sigkill_mid_data_leaves_nothing_in_the_spool() {
         assert!(files_in(&h.spool_dir().join("tmp")).is_empty());
         assert_accepts_mail(&relay, &h).await;
         assert_eq!(
-            Spool::open(&h.spool_dir()).unwrap().list().unwrap().len(),
+            Spool::inspect(&h.spool_dir())
+                .unwrap()
+                .list()
+                .unwrap()
+                .len(),
             1
         );
         assert!(relay.log().contains("started"), "{}", relay.log());
