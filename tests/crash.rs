@@ -19,59 +19,6 @@ use smarthost::spool::{RecipientStatus, Spool};
 // ---------------------------------------------------------------------------
 // Messages and what happened to them.
 
-/// One message a client tried to send.
-#[derive(Debug, Clone)]
-struct Sent {
-    message_id: String,
-    from: String,
-    to: Vec<String>,
-    body: Vec<u8>,
-    /// The final "." went out (the relay may have stored it without our seeing a 250).
-    fully_sent: bool,
-    /// The queue id from `250 2.0.0 ... queued as <id>`.
-    queued_as: Option<String>,
-}
-
-/// A CRLF message of about `size` bytes with a unique Message-ID.
-fn message(message_id: &str, from: &str, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: <{from}>\r\nTo: <rcpt@partner.example>\r\nSubject: crash test\r\nMessage-ID: <{message_id}>\r\n\r\n"
-    )
-    .into_bytes();
-    let mut i = 0u64;
-    while m.len() < size {
-        m.extend_from_slice(
-            format!("{message_id} line {i:08} abcdefghijklmnopqrstuvwxyz\r\n").as_bytes(),
-        );
-        i += 1;
-    }
-    m
-}
-
-fn queue_id_of(reply: &Reply) -> Option<String> {
-    let last = reply.lines.last()?;
-    if !last.starts_with("250 2.0.0") {
-        return None;
-    }
-    let id = last.rsplit("queued as ").next()?.trim();
-    (!id.is_empty() && last.contains("queued as ")).then(|| id.to_owned())
-}
-
-/// Sends `line` and reads the reply; Err when the relay is gone or says otherwise.
-async fn step<S>(c: &mut Client<S>, line: &str, expect: &str) -> Result<Reply, String>
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    if !c.try_send(format!("{line}\r\n")).await {
-        return Err(format!("{line}: send failed"));
-    }
-    match c.try_reply().await {
-        Some(r) if r.lines.last().unwrap().starts_with(expect) => Ok(r),
-        Some(r) => Err(format!("{line}: expected {expect}, got {:?}", r.lines)),
-        None => Err(format!("{line}: connection closed")),
-    }
-}
-
 /// Sends one message in small writes (so it spends a while mid-DATA), filling
 /// in `sent` as it goes. `in_data` is set from DATA until the reply to the dot.
 async fn send_message(
@@ -236,13 +183,6 @@ async fn assert_accepts_mail(relay: &Relay, h: &Harness) {
 // ---------------------------------------------------------------------------
 // The tests.
 
-/// Bounds a whole scenario.
-async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("scenario timed out")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
     within(120, async {
@@ -267,7 +207,12 @@ async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
                         to.push(format!("cc{n}@other.example"));
                     }
                     let mut sent = Sent {
-                        body: message(&message_id, &from, 1000 + (t * 7 + n * 13) % 10 * 6000),
+                        body: message(
+                            &message_id,
+                            &from,
+                            "crash test",
+                            1000 + (t * 7 + n * 13) % 10 * 6000,
+                        ),
                         message_id,
                         from,
                         to,
@@ -329,7 +274,7 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
             message_id: "stalled@crash.test".into(),
             from: "stalled@tenant.example".into(),
             to: vec!["rcpt@partner.example".into()],
-            body: message("stalled@crash.test", "stalled@tenant.example", 300_000),
+            body: message("stalled@crash.test", "stalled@tenant.example", "crash test", 300_000),
             fully_sent: false,
             queued_as: None,
         };
@@ -357,7 +302,7 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
                     let from = format!("b{t}@tenant.example");
                     let message_id = format!("b{t}-m{n}@crash.test");
                     let mut sent = Sent {
-                        body: message(&message_id, &from, 64_000 + (t * 31 + n * 17) % 8 * 40_000),
+                        body: message(&message_id, &from, "crash test", 64_000 + (t * 31 + n * 17) % 8 * 40_000),
                         message_id,
                         from,
                         to: vec![format!("r{n}@partner.example")],
@@ -412,7 +357,12 @@ async fn sigkill_mid_data_leaves_nothing_in_the_spool() {
         c.cmd("MAIL FROM:<half@tenant.example>", "250").await;
         c.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
         c.cmd("DATA", "354").await;
-        let body = message("half@crash.test", "half@tenant.example", 1_000_000);
+        let body = message(
+            "half@crash.test",
+            "half@tenant.example",
+            "crash test",
+            1_000_000,
+        );
         c.send(&body[..500_000]).await;
         // Let the relay take in what was sent before it dies.
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -459,7 +409,7 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let mut c = relay.tls(&h.ca).await;
             let message_id = "calibration@crash.test".to_string();
             let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", STORE_SIZE),
+                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
                 message_id,
                 from: "store@tenant.example".into(),
                 to: vec!["rcpt@partner.example".into()],
@@ -488,7 +438,7 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let mut c = relay.tls(&h.ca).await;
             let message_id = format!("store{i}@crash.test");
             let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", STORE_SIZE),
+                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
                 message_id,
                 from: "store@tenant.example".into(),
                 to: vec!["rcpt@partner.example".into()],

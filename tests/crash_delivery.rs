@@ -19,56 +19,6 @@ use common::*;
 // ---------------------------------------------------------------------------
 // Messages.
 
-/// One message a client tried to send.
-#[derive(Debug, Clone)]
-struct Sent {
-    message_id: String,
-    from: String,
-    to: Vec<String>,
-    body: Vec<u8>,
-    /// The final "." went out (the relay may have spooled it without our seeing a 250).
-    fully_sent: bool,
-    /// The queue id from `250 2.0.0 ... queued as <id>`.
-    queued_as: Option<String>,
-}
-
-/// A CRLF message of about `size` bytes with a unique Message-ID.
-fn message(message_id: &str, from: &str, size: usize) -> Vec<u8> {
-    let mut m = format!(
-        "From: <{from}>\r\nTo: <rcpt@partner.example>\r\nSubject: delivery crash test\r\nMessage-ID: <{message_id}>\r\n\r\n"
-    )
-    .into_bytes();
-    let mut i = 0u64;
-    while m.len() < size {
-        m.extend_from_slice(
-            format!("{message_id} line {i:08} abcdefghijklmnopqrstuvwxyz\r\n").as_bytes(),
-        );
-        i += 1;
-    }
-    m
-}
-
-fn queue_id_of(reply: &Reply) -> Option<String> {
-    let last = reply.lines.last()?;
-    if !last.starts_with("250 2.0.0") || !last.contains("queued as ") {
-        return None;
-    }
-    let id = last.rsplit("queued as ").next()?.trim();
-    (!id.is_empty()).then(|| id.to_owned())
-}
-
-/// Sends `line` and reads the reply; Err when the relay is gone or says otherwise.
-async fn step(c: &mut TlsClient, line: &str, expect: &str) -> Result<Reply, String> {
-    if !c.try_send(format!("{line}\r\n")).await {
-        return Err(format!("{line}: send failed"));
-    }
-    match c.try_reply().await {
-        Some(r) if r.lines.last().unwrap().starts_with(expect) => Ok(r),
-        Some(r) => Err(format!("{line}: expected {expect}, got {:?}", r.lines)),
-        None => Err(format!("{line}: connection closed")),
-    }
-}
-
 /// Sends one message, filling in `sent` as it goes.
 async fn send_message(c: &mut TlsClient, sent: &mut Sent) -> Result<(), String> {
     step(c, &format!("MAIL FROM:<{}>", sent.from), "250").await?;
@@ -111,7 +61,7 @@ async fn send_burst(
                 to.extend((0..extra_rcpts).map(|k| format!("x{k}-{n}@partner.example")));
                 let size = 2_000 + (t * 7 + n * 13) % 10 * 30_000;
                 let mut sent = Sent {
-                    body: message(&message_id, &from, size),
+                    body: message(&message_id, &from, "delivery crash test", size),
                     message_id,
                     from,
                     to,
@@ -264,13 +214,6 @@ fn check_deliveries(sinks: &[&Sink], sent: &[Sent]) -> Tally {
         }
     }
     tally
-}
-
-/// Bounds a whole scenario.
-async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("scenario timed out")
 }
 
 fn queue_extra(sinks: &[&Sink]) -> String {

@@ -346,3 +346,67 @@ impl Sink {
             .collect()
     }
 }
+
+// ---------------------------------------------------------------------------
+// Messages sent by the crash tests.
+
+/// One message a client tried to send.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub message_id: String,
+    pub from: String,
+    pub to: Vec<String>,
+    pub body: Vec<u8>,
+    /// The final "." went out (the relay may have stored it without our seeing a 250).
+    pub fully_sent: bool,
+    /// The queue id from `250 2.0.0 ... queued as <id>`.
+    pub queued_as: Option<String>,
+}
+
+/// A CRLF message of about `size` bytes with a unique Message-ID.
+pub fn message(message_id: &str, from: &str, subject: &str, size: usize) -> Vec<u8> {
+    let mut m = format!(
+        "From: <{from}>\r\nTo: <rcpt@partner.example>\r\nSubject: {subject}\r\nMessage-ID: <{message_id}>\r\n\r\n"
+    )
+    .into_bytes();
+    let mut i = 0u64;
+    while m.len() < size {
+        m.extend_from_slice(
+            format!("{message_id} line {i:08} abcdefghijklmnopqrstuvwxyz\r\n").as_bytes(),
+        );
+        i += 1;
+    }
+    m
+}
+
+/// The queue id in a `250 2.0.0 ... queued as <id>` reply.
+pub fn queue_id_of(reply: &super::Reply) -> Option<String> {
+    let last = reply.lines.last()?;
+    if !last.starts_with("250 2.0.0") || !last.contains("queued as ") {
+        return None;
+    }
+    let id = last.rsplit("queued as ").next()?.trim();
+    (!id.is_empty()).then(|| id.to_owned())
+}
+
+/// Sends `line` and reads the reply; Err when the relay is gone or says otherwise.
+pub async fn step<S>(c: &mut Client<S>, line: &str, expect: &str) -> Result<super::Reply, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    if !c.try_send(format!("{line}\r\n")).await {
+        return Err(format!("{line}: send failed"));
+    }
+    match c.try_reply().await {
+        Some(r) if r.lines.last().unwrap().starts_with(expect) => Ok(r),
+        Some(r) => Err(format!("{line}: expected {expect}, got {:?}", r.lines)),
+        None => Err(format!("{line}: connection closed")),
+    }
+}
+
+/// Bounds a whole scenario.
+pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), f)
+        .await
+        .expect("scenario timed out")
+}
