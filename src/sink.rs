@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
-use smtp_proto::{Error as ParseError, Request};
+use smtp_proto::Request;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 
 use crate::dot::DotReader;
 use crate::reply::Reply;
+use crate::session::command;
 
 /// Longest command line accepted (as the relay: room for SMTPUTF8 and DSN parameters).
 pub const MAX_LINE: usize = 4096;
@@ -361,10 +362,13 @@ impl Conn {
             self.reply(Reply::new(552, "5.3.4", "Chunk size exceeds fixed limit"));
             return Flow::Close;
         }
-        let request = match parse(line) {
-            Ok(r) => r,
-            Err(reply) => {
-                self.reply(reply);
+        // The relay's own parser, with its guards for smtp-proto's quirks
+        // (address literals, `<postmaster>`, NUL and bare CR).
+        let request = match command::parse(line) {
+            Ok(command::Parsed::Request(r)) => r,
+            Ok(command::Parsed::Http) => return Flow::Close,
+            Err(e) => {
+                self.reply(e.reply());
                 return Flow::Continue;
             }
         };
@@ -549,46 +553,6 @@ fn huge_chunk(line: &[u8]) -> bool {
         && words.next().is_some_and(|n| n.len() > 12)
 }
 
-/// Parses one line with smtp-proto, mapping its errors to replies.
-fn parse(line: &[u8]) -> Result<Request<String>, Reply> {
-    match Request::parse(&mut line.iter()) {
-        Ok(r) => Ok(r.into_owned()),
-        // smtp-proto refuses address literals (`user@[192.0.2.1]`, RFC 5321
-        // §4.1.3), which the relay accepts and passes on: retry with the
-        // literal swapped for a placeholder domain (the raw text is recorded).
-        Err(ParseError::InvalidSenderAddress | ParseError::InvalidRecipientAddress)
-            if literal_swapped(line).is_some() =>
-        {
-            let swapped = literal_swapped(line).unwrap_or_default();
-            Request::parse(&mut swapped.iter())
-                .map(Request::into_owned)
-                .map_err(parse_error)
-        }
-        Err(e) => Err(parse_error(e)),
-    }
-}
-
-fn parse_error(e: ParseError) -> Reply {
-    match e {
-        ParseError::InvalidSenderAddress => Reply::new(501, "5.1.7", "Bad sender address syntax"),
-        ParseError::InvalidRecipientAddress => {
-            Reply::new(501, "5.1.3", "Bad recipient address syntax")
-        }
-        ParseError::UnknownCommand => Reply::new(500, "5.5.1", "Command unrecognized"),
-        _ => Reply::new(501, "5.5.4", "Syntax error"),
-    }
-}
-
-/// `line` with a `@[...]` address literal replaced by `@literal.invalid`.
-fn literal_swapped(line: &[u8]) -> Option<Vec<u8>> {
-    let start = memchr::memmem::find(line, b"@[")?;
-    let end = start + memchr::memchr(b']', &line[start..])?;
-    let mut out = line[..start].to_vec();
-    out.extend_from_slice(b"@literal.invalid");
-    out.extend_from_slice(&line[end + 1..]);
-    Some(out)
-}
-
 /// The path (without angle brackets) and the raw parameter text of a
 /// `MAIL FROM:` or `RCPT TO:` line, as sent.
 fn raw_path(line: &[u8]) -> (String, String) {
@@ -651,7 +615,7 @@ mod tests {
 
     #[test]
     fn address_literals_and_huge_chunks() {
-        assert!(parse(b"RCPT TO:<x@[192.0.2.1]>\r\n").is_ok());
+        assert!(command::parse(b"RCPT TO:<x@[192.0.2.1]>\r\n").is_ok());
         assert!(huge_chunk(b"BDAT 99999999999999999999999 LAST\r\n"));
         assert!(!huge_chunk(b"bdat 1000 LAST\r\n"));
     }

@@ -6,7 +6,7 @@
 //! per-verb handlers live in the sibling files (`ehlo.rs`, `mail.rs`, ...).
 
 mod auth;
-mod command;
+pub(crate) mod command;
 mod data;
 mod ehlo;
 mod mail;
