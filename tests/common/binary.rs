@@ -3,6 +3,7 @@
 //! sink` on ports of their own.
 #![allow(dead_code)]
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
@@ -13,7 +14,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
-use super::{Client, Harness, TestCa, tls_session};
+use super::{Client, Harness, TestCa, strip_received, tls_session};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_smarthost");
 
@@ -409,4 +410,143 @@ pub async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T 
     tokio::time::timeout(Duration::from_secs(secs), f)
         .await
         .expect("scenario timed out")
+}
+
+// ---------------------------------------------------------------------------
+// What the sinks received, checked against what was sent.
+
+/// Waits until `pred` holds, checking every 20 ms, for `secs` at most.
+pub async fn eventually(what: &str, secs: u64, mut pred: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while !pred() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {secs} s waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The Message-ID in `content`'s header section.
+pub fn message_id_in(content: &[u8]) -> String {
+    let text = String::from_utf8_lossy(content);
+    let header = text.split("\r\n\r\n").next().unwrap_or("");
+    header
+        .split("Message-ID: <")
+        .nth(1)
+        .and_then(|r| r.split('>').next())
+        .unwrap_or_else(|| panic!("no Message-ID in {header:.300}"))
+        .to_owned()
+}
+
+/// What the sinks received, by Message-ID: (sink, file, bytes) per copy.
+pub type Received = BTreeMap<String, Vec<(String, PathBuf, Vec<u8>)>>;
+
+pub fn received(sinks: &[&Sink]) -> Received {
+    let mut got = Received::new();
+    for s in sinks {
+        for f in s.files() {
+            let bytes = std::fs::read(&f).unwrap();
+            let mid = message_id_in(strip_received(&bytes));
+            got.entry(mid).or_default().push((s.name.clone(), f, bytes));
+        }
+    }
+    got
+}
+
+/// What the sinks got, summed up by `check_deliveries`.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Tally {
+    /// Distinct messages (by Message-ID) at the sinks.
+    pub messages: usize,
+    /// Copies of a (message, recipient) beyond the first: at-least-once duplicates.
+    pub duplicates: usize,
+    /// Messages that arrived as more than one transaction (each with only
+    /// some of their recipients).
+    pub split: usize,
+}
+
+/// Every acknowledged message reached a sink for each of its recipients;
+/// every copy at a sink is a message that was completely sent, equal to it
+/// plus exactly one Received header of ours, for some of its recipients
+/// (sidecar); copies of one message are byte-identical.
+pub fn check_deliveries(sinks: &[&Sink], sent: &[Sent]) -> Tally {
+    let got = received(sinks);
+    let by_id: HashMap<&str, &Sent> = sent.iter().map(|s| (s.message_id.as_str(), s)).collect();
+    let mut tally = Tally {
+        messages: got.len(),
+        ..Tally::default()
+    };
+    let mut reached: HashMap<&str, BTreeMap<String, usize>> = HashMap::new();
+    for (mid, copies) in &got {
+        let s = by_id
+            .get(mid.as_str())
+            .unwrap_or_else(|| panic!("a sink received unknown message {mid}"));
+        assert!(
+            s.fully_sent,
+            "{mid} reached a sink but its content was never completely sent"
+        );
+        let per_rcpt = reached.entry(s.message_id.as_str()).or_default();
+        for (sink, file, bytes) in copies {
+            let content = strip_received(bytes);
+            let header = String::from_utf8_lossy(&bytes[..bytes.len() - content.len()]);
+            assert!(
+                header.starts_with("Received: from client.test (")
+                    && header.contains("by relay.test (smarthost) with ESMTPS"),
+                "{sink} {}: not our Received header: {header}",
+                file.display()
+            );
+            if let Some(q) = &s.queued_as {
+                assert!(header.contains(q.as_str()), "{mid}: {header}");
+            }
+            assert!(
+                content == s.body.as_slice(),
+                "{sink} {}: content of {mid} ({} bytes) differs from what was sent ({} bytes)",
+                file.display(),
+                content.len(),
+                s.body.len()
+            );
+            assert!(
+                !content.starts_with(b"Received:"),
+                "{mid}: more than one Received header"
+            );
+            assert!(
+                bytes == &copies[0].2,
+                "{mid}: copies differ ({} vs {})",
+                file.display(),
+                copies[0].1.display()
+            );
+            let sidecar: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap())
+                    .unwrap();
+            assert_eq!(sidecar["mail_from"], s.from.as_str(), "{mid}");
+            let rcpts: Vec<String> = serde_json::from_value(sidecar["rcpt_to"].clone()).unwrap();
+            assert!(!rcpts.is_empty(), "{mid}: no recipients");
+            for r in rcpts {
+                assert!(s.to.contains(&r), "{mid} delivered to {r}, not a recipient");
+                *per_rcpt.entry(r).or_default() += 1;
+            }
+        }
+        let transactions = copies.len();
+        let most = per_rcpt.values().copied().max().unwrap_or(0);
+        if transactions > most {
+            tally.split += 1;
+        }
+        tally.duplicates += per_rcpt.values().map(|n| n - 1).sum::<usize>();
+    }
+    for s in sent {
+        if s.queued_as.is_none() {
+            continue;
+        }
+        let per_rcpt = reached.get(s.message_id.as_str());
+        for r in &s.to {
+            assert!(
+                per_rcpt.is_some_and(|m| m.contains_key(r)),
+                "{} was acknowledged as {:?} but never reached an upstream for {r}",
+                s.message_id,
+                s.queued_as
+            );
+        }
+    }
+    tally
 }
