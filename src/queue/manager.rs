@@ -364,8 +364,12 @@ impl Delivery {
             };
         }
 
-        if !notices.is_empty() {
-            self.notify(&env, &message, &notices, domain).await;
+        if !notices.is_empty() && !self.notify(&env, &message, &notices, domain).await {
+            // The notice could not be queued (a full disk): record nothing, so
+            // the spool still says "to do" and the attempt is made again
+            // later. A duplicate at worst; dropping the message now would
+            // lose the bounce with it.
+            return Some(next_attempt);
         }
         let next = next_due(&env);
         let saved = if next.is_none() {
@@ -419,16 +423,17 @@ impl Delivery {
     }
 
     /// Queues one RFC 3464 notification to the sender about these recipients
-    /// (never to `<>`, and only for those whose NOTIFY asks for it).
+    /// (never to `<>`, and only for those whose NOTIFY asks for it). False
+    /// when one was due but could not be stored.
     async fn notify(
         &self,
         env: &Envelope,
         message: &[u8],
         notices: &[(usize, Option<String>, Action)],
         domain: Option<String>,
-    ) {
+    ) -> bool {
         if env.sender.is_empty() {
-            return;
+            return true;
         }
         let reports: Vec<RecipientReport<'_>> = notices
             .iter()
@@ -456,7 +461,7 @@ impl Delivery {
             })
             .collect();
         if reports.is_empty() {
-            return;
+            return true;
         }
         let now = spool::unix_now();
         let body = dsn::build(&self.hostname, env, message, &reports, now);
@@ -485,8 +490,12 @@ impl Delivery {
             Ok(()) => {
                 info!(queue_id = %id, original = %env.id, to = %env.sender, "bounce queued");
                 self.handle.submit(id);
+                true
             }
-            Err(e) => error!(original = %env.id, "cannot queue the bounce: {e}"),
+            Err(e) => {
+                error!(original = %env.id, "cannot queue the bounce, the attempt will be repeated: {e}");
+                false
+            }
         }
     }
 }
