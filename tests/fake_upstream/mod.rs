@@ -130,6 +130,12 @@ pub struct FakeUpstream {
 impl FakeUpstream {
     pub async fn start(script: Script) -> FakeUpstream {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_on(listener, script).await
+    }
+
+    /// Like `start`, on a listener the caller bound (e.g. at the address of
+    /// an upstream that was down and now comes up).
+    pub async fn start_on(listener: TcpListener, script: Script) -> FakeUpstream {
         let addr = listener.local_addr().unwrap();
         let record = Arc::new(Mutex::new(Record::default()));
         let script = Arc::new(script);
