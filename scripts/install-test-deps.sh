@@ -5,7 +5,8 @@
 #   postfix (only for smtp-sink, an upstream for tests/real_upstreams.rs;
 #   installed as "No configuration", so no daemon runs and nothing binds
 #   port 25), python3-aiosmtpd (a STARTTLS upstream, tests/peers/aiosmtpd),
-#   and Exim's binary alone under /opt/exim (tests/peers/exim/install.sh).
+#   Exim's binary alone under /opt/exim (tests/peers/exim/install.sh), and
+#   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs.
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
 # something is missing. No daemon is started (policy-rc.d denies every start
@@ -22,7 +23,7 @@ command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2;
 
 here=$(cd "$(dirname "$0")" && pwd)
 packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
-          postfix python3-aiosmtpd)
+          postfix python3-aiosmtpd mount e2fsprogs)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
