@@ -4,7 +4,7 @@
 //! the script says (switches: 421 greeting, no STARTTLS, a chosen certificate,
 //! replies to MAIL / chosen RCPTs / the content, dropping the connection after
 //! the final dot, slow replies, extension flags, required AUTH, bytes injected
-//! after STARTTLS's 220). It records every command and every transaction
+//! after STARTTLS's 220, a reply of any size with or without a line end). It records every command and every transaction
 //! (MAIL line, RCPT lines, the exact content received after unstuffing, DATA
 //! or BDAT, TLS, AUTH user, whether MAIL and the RCPTs were pipelined).
 //!
@@ -59,6 +59,27 @@ pub struct Script {
     pub delay: Duration,
     /// More EHLO keywords, e.g. `"X-FOO"`.
     pub extra_ehlo: Vec<String>,
+    /// A huge reply instead of the greeting or the reply to the content.
+    pub flood: Option<Flood>,
+}
+
+/// A reply far over any line bound: `"250 "` then `bytes` of `x`, written
+/// in 64 KiB pieces as long as the client reads, so the fake itself never
+/// holds it (`Record::flood_sent` counts what went out).
+#[derive(Clone, Debug)]
+pub struct Flood {
+    pub at: FloodAt,
+    pub bytes: usize,
+    /// End the line with CRLF; without, the fake then waits (30 s at most)
+    /// for the client to give up and close.
+    pub newline: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FloodAt {
+    Greeting,
+    /// After the final dot (or BDAT LAST), once the content was recorded.
+    Content,
 }
 
 impl Default for Script {
@@ -83,6 +104,7 @@ impl Default for Script {
             drop_after_data: false,
             delay: Duration::ZERO,
             extra_ehlo: Vec::new(),
+            flood: None,
         }
     }
 }
@@ -119,6 +141,11 @@ pub struct Record {
     /// Every command line received, in order, over all connections.
     pub commands: Vec<String>,
     pub transactions: Vec<Transaction>,
+    /// Bytes of `Script::flood` written before the client stopped reading
+    /// (or all of them).
+    pub flood_sent: usize,
+    /// The client closed the connection during (or after) a flood.
+    pub flood_cut: bool,
 }
 
 pub struct FakeUpstream {
@@ -256,6 +283,10 @@ impl Session {
             return;
         }
         let mut tcp = tcp;
+        if self.flood_at(FloodAt::Greeting) {
+            self.flood(&mut tcp).await;
+            return;
+        }
         let greeting = format!("{}\r\n", self.script.greeting);
         if tcp.write_all(greeting.as_bytes()).await.is_err() || !greeting.starts_with("220") {
             return;
@@ -535,8 +566,52 @@ impl Session {
         if self.script.drop_after_data {
             return false;
         }
+        if self.flood_at(FloodAt::Content) {
+            self.flood(io).await;
+            return false;
+        }
         let reply = self.script.data_reply.clone();
         self.reply(io, &reply, false).await
+    }
+
+    fn flood_at(&self, at: FloodAt) -> bool {
+        self.script.flood.as_ref().is_some_and(|f| f.at == at)
+    }
+
+    /// Writes the flood reply while the client takes it; then, without a
+    /// line end, waits for the client to close.
+    async fn flood<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) {
+        let flood = self.script.flood.clone().unwrap();
+        let piece = vec![b'x'; 64 * 1024];
+        let mut left = flood.bytes;
+        let mut ok = io.write_all(b"250 ").await.is_ok();
+        while ok && left > 0 {
+            let n = left.min(piece.len());
+            ok = io.write_all(&piece[..n]).await.is_ok();
+            if ok {
+                left -= n;
+                self.record.lock().unwrap().flood_sent += n;
+            }
+        }
+        if ok && flood.newline {
+            ok = io.write_all(b"\r\n").await.is_ok();
+        }
+        if ok {
+            let _ = io.flush().await;
+            let mut chunk = [0u8; 4096];
+            let wait = async {
+                loop {
+                    match io.read(&mut chunk).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                }
+            };
+            ok = tokio::time::timeout(Duration::from_secs(30), wait)
+                .await
+                .is_err();
+        }
+        self.record.lock().unwrap().flood_cut = !ok;
     }
 
     /// Sends (or, for pipelinable MAIL/RCPT replies, holds) one reply.
