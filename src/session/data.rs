@@ -26,6 +26,7 @@ impl Session {
             spool::new_queue_id(),
             Content::new(limits.max_message_size, limits.bare_line_endings),
         ));
+        self.start_content_deadline();
         self.state = State::Data {
             reader: DotReader::default(),
             scratch: Vec::new(),
@@ -51,11 +52,16 @@ impl Session {
             if refusal.counts_as_error() {
                 self.errors += 1;
             }
+            self.start_content_deadline();
             self.state = State::SkipBdat {
                 receiver: BdatReceiver::new(size, last),
                 reply: refusal.reply(),
             };
             return;
+        }
+        // One deadline for all of a transaction's chunks, from the first.
+        if self.txn.as_ref().is_some_and(|t| t.body.is_none()) {
+            self.start_content_deadline();
         }
         let limits = &self.ctx.config.limits;
         let txn = self.txn.as_mut().expect("checked above");

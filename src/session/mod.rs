@@ -42,6 +42,17 @@ pub type BoxIo = Box<dyn Io>;
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
+/// Replies held before input stops being consumed until they are written. A
+/// pipelining client that never reads would otherwise make each read of short
+/// commands (HELP, EHLO) cost many times its size in replies.
+const MAX_PENDING_REPLIES: usize = 16 * 1024;
+
+/// Message content must keep arriving at this average rate (bytes/second)
+/// once `data_timeout` has passed since it started. RFC 5321 §4.5.3.2 only
+/// bounds each wait; without an overall bound a client trickling a byte just
+/// inside `data_timeout` holds its session (and a connection slot) forever.
+const MIN_CONTENT_RATE: u64 = 500;
+
 /// Where the session is in the protocol.
 enum State {
     /// Waiting for a command line.
@@ -114,6 +125,9 @@ pub struct Session {
     auth_failures: u32,
     /// When the command being waited for must have arrived by.
     command_deadline: Instant,
+    /// When the current content (the DATA body, or all of a transaction's BDAT
+    /// chunks) must be complete by; moved later as bytes arrive.
+    content_deadline: Instant,
     shutdown: CancellationToken,
 }
 
@@ -143,6 +157,7 @@ impl Session {
             errors: 0,
             auth_failures: 0,
             command_deadline,
+            content_deadline: command_deadline,
             shutdown,
         }
     }
@@ -184,8 +199,13 @@ impl Session {
                     continue;
                 }
             }
+            // Input left unconsumed for want of room for replies comes first.
+            let backlog = self.wbuf.len() >= MAX_PENDING_REPLIES;
             if self.flush().await.is_err() {
                 return;
+            }
+            if backlog {
+                continue;
             }
             match self.read_more().await {
                 Ok(true) => {}
@@ -265,7 +285,8 @@ impl Session {
         let deadline = if in_command {
             self.command_deadline
         } else {
-            Instant::now() + limits.data_timeout
+            self.content_deadline
+                .min(Instant::now() + limits.data_timeout)
         };
         self.rbuf.reserve(READ_CHUNK);
         tokio::select! {
@@ -282,6 +303,11 @@ impl Session {
                 }
             },
         }
+    }
+
+    /// Content starts now: it has `data_timeout`, plus time for each byte.
+    fn start_content_deadline(&mut self) {
+        self.content_deadline = Instant::now() + self.ctx.config.limits.data_timeout;
     }
 
     fn reply(&mut self, reply: Reply) {
@@ -308,7 +334,7 @@ impl Session {
         let mut buf = std::mem::take(&mut self.rbuf);
         let mut pos = 0;
         let flow = loop {
-            if pos == buf.len() {
+            if pos == buf.len() || self.wbuf.len() >= MAX_PENDING_REPLIES {
                 break Flow::Continue;
             }
             match &mut self.state {
@@ -350,7 +376,13 @@ impl Session {
                 State::Data { .. } | State::Bdat { .. } | State::SkipBdat { .. } => {
                     let mut bytes = buf[pos..].iter();
                     let done = self.ingest_content(&mut bytes);
-                    pos = buf.len() - bytes.as_slice().len();
+                    let taken = buf.len() - bytes.as_slice().len() - pos;
+                    pos += taken;
+                    let credit = Duration::from_micros(taken as u64 * 1_000_000 / MIN_CONTENT_RATE);
+                    self.content_deadline = self
+                        .content_deadline
+                        .checked_add(credit)
+                        .unwrap_or(self.content_deadline);
                     if done {
                         let flow = self.end_of_content().await;
                         if flow != Flow::Continue {
