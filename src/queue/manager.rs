@@ -320,12 +320,14 @@ impl Delivery {
         // handed to an upstream without DSN (RFC 3461 §6.2.3.1), which cannot
         // send the success notice itself.
         let mut notices = Vec::new();
+        let mut attempts_of = vec![0; env.recipients.len()];
         for (k, &i) in due.iter().enumerate() {
             let r = &mut env.recipients[i];
             let attempts = match &r.status {
                 RecipientStatus::Deferred { attempts, .. } => attempts + 1,
                 _ => 1,
             };
+            attempts_of[i] = attempts;
             let (upstream, reply, upstream_dsn) = match &outcome {
                 Ok((u, replies, dsn)) => (Some(*u), replies[k].clone(), *dsn),
                 Err(e) => (None, UpstreamReply::synthetic(451, "4.4.1", e), false),
@@ -365,11 +367,24 @@ impl Delivery {
         }
 
         if !notices.is_empty() && !self.notify(&env, &message, &notices, domain).await {
-            // The notice could not be queued (a full disk): record nothing, so
-            // the spool still says "to do" and the attempt is made again
-            // later. A duplicate at worst; dropping the message now would
-            // lose the bounce with it.
-            return Some(next_attempt);
+            // The notice could not be queued (a full disk): the recipients it
+            // was for are not finished but tried again later, so the message
+            // is not removed with its bounce untold. A duplicate at worst.
+            for (i, _, action) in &notices {
+                let r = &mut env.recipients[*i];
+                let reply = match &r.status {
+                    RecipientStatus::Failed { reply, .. }
+                    | RecipientStatus::Delivered { reply, .. } => reply.clone(),
+                    _ => continue,
+                };
+                if dsn::wants(r, action) {
+                    r.status = RecipientStatus::Deferred {
+                        reply: format!("{reply} (notice to the sender not yet queued)"),
+                        attempts: attempts_of[*i],
+                        next_attempt,
+                    };
+                }
+            }
         }
         let next = next_due(&env);
         let saved = if next.is_none() {
