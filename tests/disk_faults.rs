@@ -453,15 +453,18 @@ async fn queued_messages_survive_a_full_disk_on_the_delivery_side() {
     .await;
 }
 
-/// A permanent failure whose bounce cannot be stored (full disk) must not
-/// drop the message with its bounce: the failure is retried once space is back
-/// and the sender gets the notice.
+/// A permanent failure whose bounce cannot be stored (the disk is nearly
+/// full: room for an envelope update, not for a bounce) must not drop the
+/// message with its bounce: the other recipient's delivery is recorded (no
+/// duplicate), the failed one waits, and once space is back the sender gets
+/// the notice.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bounce_that_cannot_be_stored_is_not_lost() {
     if !can_mount("a_bounce_that_cannot_be_stored_is_not_lost") {
         return;
     }
     within(120, async {
+        const OK: &str = "ok@partner.example";
         let port = free_port();
         let h = Harness::with_listeners(
             PLAIN_LISTENER,
@@ -471,8 +474,17 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
         );
         let mount = Mount::tmpfs(&h.spool_dir(), "1m").unwrap();
         let relay = Relay::start(&h).await;
-        let r = send(&relay, "bounced", 5_000).await;
-        assert_eq!(r.status(), "250 2.0.0", "{r:?}");
+        // RET=FULL and 12 kB: the bounce needs 5 pages or more.
+        let mut c = relay.connect().await;
+        c.hello().await;
+        c.cmd(&format!("MAIL FROM:<{FROM}> RET=FULL"), "250").await;
+        c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
+        c.cmd(&format!("RCPT TO:<{OK}>"), "250").await;
+        c.cmd("DATA", "354").await;
+        c.send(message("bounced", 12_000)).await;
+        c.send(".\r\n").await;
+        c.expect("250 2.0.0").await;
+        c.cmd("QUIT", "221").await;
         eventually(20, "deferred while the upstream is down", || {
             h.spooled().iter().any(|(e, _)| {
                 matches!(e.recipients[0].status, RecipientStatus::Deferred { .. })
@@ -480,6 +492,7 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
         })
         .await;
         let filler = Filler::fill(&mount.path);
+        filler.leave(2);
         let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
             .await
             .unwrap();
@@ -495,13 +508,16 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
             relay.log().contains("cannot queue the bounce")
         })
         .await;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        assert_eq!(
-            h.spooled().len(),
-            1,
-            "the message stays queued until its bounce is: {}",
-            relay.log()
-        );
+        eventually(20, "the delivery recorded, the failure waiting", || {
+            h.spooled().iter().any(|(e, _)| {
+                matches!(&e.recipients[0].status, RecipientStatus::Deferred { reply, .. } if reply.contains("notice to the sender not yet queued"))
+                    && matches!(e.recipients[1].status, RecipientStatus::Delivered { .. })
+            })
+        })
+        .await;
+        // A few more attempts on the nearly full disk.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        assert_eq!(h.spooled().len(), 1, "still queued: {}", relay.log());
         filler.remove();
         eventually(30, "the bounce delivered to the sender", || {
             fake.transactions().iter().any(|t| {
@@ -512,6 +528,12 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
         })
         .await;
         eventually(20, "spool empty", || h.spool_files() == 0).await;
+        let to_ok = fake
+            .transactions()
+            .iter()
+            .filter(|t| t.method.is_some() && t.rcpt_to.iter().any(|r| r.contains(OK)))
+            .count();
+        assert_eq!(to_ok, 1, "the accepted recipient got it exactly once");
     })
     .await;
 }
