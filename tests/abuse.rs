@@ -784,6 +784,39 @@ async fn content_pipelined_before_the_354_is_content() {
     w.finish("250 250 354 250; 503 for BDAT", 200);
 }
 
+/// The other half of RFC 2920 §3.1: when DATA is refused, what the client sent
+/// ahead of the 354 it never got is read as commands (the server cannot know
+/// how much of it was meant as content). Each bad line counts toward
+/// max_errors, so a body pipelined after a refused DATA ends in `421 4.7.0`
+/// and nothing is spooled.
+#[tokio::test]
+async fn content_pipelined_after_a_refused_data_is_read_as_commands() {
+    let h = harness("");
+    let relay = Relay::start(&h).await;
+    let w = Watch::start("content after refused DATA", &relay);
+    within(30, async {
+        let mut c = greeted(&relay).await;
+        let body: String = (0..20).map(|i| format!("body line {i}\r\n")).collect();
+        c.send(format!(
+            "MAIL FROM:<{FROM}>\r\nRCPT TO:<>\r\nDATA\r\n{body}.\r\n"
+        ))
+        .await;
+        c.expect("250 2.1.0").await;
+        c.expect("501 5.1.3").await;
+        c.expect("503 5.5.1").await;
+        // Two errors so far; eight body lines reach max_errors (10).
+        for i in 0..8 {
+            let r = c.reply().await;
+            assert_eq!(r.status(), "500 5.5.1", "body line {i}: {r:?}");
+        }
+        c.expect("421 4.7.0").await;
+        assert!(c.closed().await);
+    })
+    .await;
+    assert_eq!(h.spool_files(), 0);
+    w.finish("250 501 503, 500 x8, 421 4.7.0", 200);
+}
+
 // ---------------------------------------------------------------------------
 // 7. Many concurrent slow clients.
 
