@@ -5,8 +5,9 @@
 #   postfix (only for smtp-sink, an upstream for tests/real_upstreams.rs;
 #   installed as "No configuration", so no daemon runs and nothing binds
 #   port 25), python3-aiosmtpd (a STARTTLS upstream, tests/peers/aiosmtpd),
-#   Exim's binary alone under /opt/exim (tests/peers/exim/install.sh), and
-#   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs.
+#   Exim's binary alone under /opt/exim (tests/peers/exim/install.sh),
+#   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs,
+#   and strace (tests/syscall_order.rs watches the spool's fsync/rename order).
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
 # something is missing. No daemon is started (policy-rc.d denies every start
@@ -23,7 +24,7 @@ command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2;
 
 here=$(cd "$(dirname "$0")" && pwd)
 packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
-          postfix python3-aiosmtpd mount e2fsprogs)
+          postfix python3-aiosmtpd mount e2fsprogs strace)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
@@ -58,7 +59,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   fi
 fi
 
-for tool in swaks openssl python3 haproxy; do
+for tool in swaks openssl python3 haproxy strace; do
   command -v "$tool" >/dev/null || { echo "$0: $tool missing after install" >&2; exit 1; }
 done
 perl -MNet::SSLeay -e 1 || { echo "$0: perl Net::SSLeay missing (swaks --tls)" >&2; exit 1; }
