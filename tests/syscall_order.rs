@@ -1,0 +1,360 @@
+//! The durability order, seen from the kernel: `smarthost serve` runs under
+//! strace, one message is sent over a cleartext session (so the `250` is
+//! readable in the trace), and the trace must show, for that message:
+//!
+//! 1. the writes of `tmp/<id>.eml` and `tmp/<id>.json`, each then fsynced
+//!    (the fsync starting after the file's last write ended);
+//! 2. both renamed into `msg/` after their fsyncs returned;
+//! 3. an fsync of the `msg/` directory that started after both renames
+//!    returned (the rename itself is only durable once its directory is);
+//! 4. and only after that fsync returned, the write of `250 ... queued as
+//!    <id>` to the client's socket.
+//!
+//! strace is installed by `scripts/install-test-deps.sh`; a missing strace is
+//! a failure. Where ptrace is not permitted (some containers), the test says
+//! so and skips.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::binary::*;
+use common::*;
+
+const STRACE: &str = "strace";
+
+/// Whether strace can trace a child here: Err(why) when ptrace is refused.
+fn strace_works() -> Result<(), String> {
+    let out = Command::new(STRACE)
+        .args(["-f", "-o", "/dev/null", "true"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run {STRACE} ({e}): run scripts/install-test-deps.sh (as root) first")
+        });
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// strace running `smarthost serve`. Dropping it SIGKILLs the traced relay
+/// first (strace killed alone would detach and leave the relay running),
+/// then strace, which exits once its tracee is gone.
+struct Traced {
+    strace: Proc,
+}
+
+impl Traced {
+    /// The relay: strace's child.
+    fn relay_pid(&self) -> Option<i32> {
+        let pid = self.strace.pid();
+        let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).ok()?;
+        children.split_whitespace().next()?.parse().ok()
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        if let Some(pid) = self.relay_pid() {
+            sigkill(pid);
+        }
+        if self.strace.wait_for(Duration::from_secs(10)).is_none() {
+            self.strace.kill();
+        }
+    }
+}
+
+/// One syscall in the trace: its name, the line's text (arguments and
+/// result, resumed parts joined), and the trace lines where it started and
+/// returned (strace writes events in the order it sees them, so line numbers
+/// order them across threads).
+#[derive(Debug, Clone)]
+struct Call {
+    name: String,
+    text: String,
+    start: usize,
+    end: usize,
+}
+
+/// Parses `strace -f -tt` output: `PID HH:MM:SS.micros name(args) = result`,
+/// with calls interrupted by another thread's split into `name(args
+/// <unfinished ...>` and `PID time <... name resumed>rest`.
+fn parse_trace(text: &str) -> Vec<Call> {
+    let mut calls: Vec<Call> = Vec::new();
+    // Per pid: the index in `calls` of its unfinished call.
+    let mut open: std::collections::HashMap<String, usize> = std::collections::HashMap::new();
+    for (n, line) in text.lines().enumerate() {
+        // strace pads the pid column: split on runs of spaces.
+        let Some((pid, rest)) = line.trim_start().split_once(' ') else {
+            continue;
+        };
+        let Some((_time, rest)) = rest.trim_start().split_once(' ') else {
+            continue;
+        };
+        let rest = rest.trim_start();
+        if let Some(resumed) = rest.strip_prefix("<... ") {
+            if let Some(&i) = open.get(pid) {
+                let after = resumed.split_once("resumed>").map_or("", |(_, r)| r);
+                calls[i].text.push_str(after);
+                calls[i].end = n;
+                open.remove(pid);
+            }
+            continue;
+        }
+        let Some(paren) = rest.find('(') else {
+            continue; // "+++ exited +++", "--- SIGKILL ---"
+        };
+        let name = rest[..paren].to_owned();
+        if let Some(head) = rest.strip_suffix(" <unfinished ...>") {
+            open.insert(pid.to_owned(), calls.len());
+            calls.push(Call {
+                name,
+                text: head.to_owned(),
+                start: n,
+                end: usize::MAX,
+            });
+        } else {
+            calls.push(Call {
+                name,
+                text: rest.to_owned(),
+                start: n,
+                end: n,
+            });
+        }
+    }
+    calls
+}
+
+/// The path strace -y shows for a call's first (fd) argument, as in
+/// `fsync(12</spool/tmp/X.eml>)`.
+fn fd_path(call: &Call) -> Option<&str> {
+    let args = call.text.split_once('(')?.1;
+    let open = args.find('<')?;
+    let close = args[open..].find('>')? + open;
+    // The fd must be the first argument: digits right before '<'.
+    args[..open]
+        .bytes()
+        .all(|b| b.is_ascii_digit())
+        .then(|| &args[open + 1..close])
+}
+
+fn ok(call: &Call) -> bool {
+    call.end != usize::MAX && !call.text.contains(" = -1 ")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsync_rename_dirsync_then_250() {
+    if let Err(why) = strace_works() {
+        eprintln!("SKIPPED: strace cannot trace processes here (ptrace refused?): {why}");
+        return;
+    }
+    within(120, async {
+        let h = Harness::with_listeners(
+            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
+            "",
+        );
+        let port = free_port();
+        let config = std::fs::read_to_string(&h.config_path).unwrap();
+        std::fs::write(
+            &h.config_path,
+            config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
+        )
+        .unwrap();
+        let trace_path = h.dir.path().join("strace.out");
+        let log = h.dir.path().join("relay.log");
+        let mut traced = Traced {
+            strace: Proc {
+                child: Command::new(STRACE)
+                    .args([
+                        "-f",
+                        "-tt",
+                        "-yy",
+                        "-s",
+                        "200",
+                        "-e",
+                        "trace=fsync,fdatasync,rename,renameat,renameat2,write,writev,sendto,sendmsg",
+                        "-o",
+                    ])
+                    .arg(&trace_path)
+                    .arg(BIN)
+                    .args(["serve", "--config"])
+                    .arg(&h.config_path)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(std::fs::File::create(&log).unwrap())
+                    .spawn()
+                    .expect("spawn strace"),
+            },
+        };
+        wait_banner(&mut traced.strace, port, &log)
+            .await
+            .unwrap_or_else(|e| panic!("relay under strace: {e}"));
+
+        let mut c = Client::new(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+        c.hello().await;
+        let body = message("order@syscall.test", "a@tenant.example", "syscall order", 3_000);
+        let r = send_data(&mut c, "a@tenant.example", &["b@partner.example"], &body).await;
+        let id = queue_id_of(&r).unwrap_or_else(|| panic!("not queued: {:?}", r.lines));
+        c.cmd("QUIT", "221").await;
+        drop(c);
+        // Stop the relay (strace then exits), so the trace is complete.
+        drop(traced);
+        let trace = std::fs::read_to_string(&trace_path).unwrap();
+        check_order(&trace, &id, &h.spool_dir().canonicalize().unwrap());
+    })
+    .await;
+}
+
+/// Asserts the order described in the module docs for message `id`, whose
+/// spool is at `spool` (a canonical path, as strace shows it).
+fn check_order(trace: &str, id: &str, spool: &Path) {
+    let calls = parse_trace(trace);
+    let relevant: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.text.contains(id) || fd_path(c).is_some_and(|p| p.ends_with("/msg")))
+        .collect();
+    let shown: String = relevant
+        .iter()
+        .map(|c| format!("  [{}..{}] {}\n", c.start, c.end, c.text))
+        .collect();
+    eprintln!("syscalls for {id}:\n{shown}");
+    let tmp = |ext: &str| spool.join("tmp").join(format!("{id}.{ext}"));
+    let on = |c: &Call, path: &PathBuf| fd_path(c) == Some(path.to_str().unwrap());
+
+    let mut renamed_end = 0;
+    for ext in ["eml", "json"] {
+        let file = tmp(ext);
+        let writes: Vec<&Call> = calls
+            .iter()
+            .filter(|c| c.name == "write" && on(c, &file))
+            .collect();
+        assert!(
+            !writes.is_empty(),
+            "no write of {}:\n{shown}",
+            file.display()
+        );
+        assert!(writes.iter().all(|c| ok(c)), "{shown}");
+        let fsync = calls
+            .iter()
+            .find(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && on(c, &file))
+            .unwrap_or_else(|| panic!("{} never fsynced:\n{shown}", file.display()));
+        assert!(ok(fsync), "{shown}");
+        let last_write = writes.iter().map(|c| c.end).max().unwrap();
+        assert!(
+            last_write < fsync.start,
+            "{}: fsync started before the last write returned:\n{shown}",
+            file.display()
+        );
+        let rename = calls
+            .iter()
+            .find(|c| {
+                c.name.starts_with("rename")
+                    && c.text.contains(&format!("tmp/{id}.{ext}\""))
+                    && c.text.contains(&format!("msg/{id}.{ext}\""))
+            })
+            .unwrap_or_else(|| panic!("{} never renamed into msg/:\n{shown}", file.display()));
+        assert!(ok(rename), "{shown}");
+        assert!(
+            fsync.end < rename.start,
+            "{}: renamed before its fsync returned:\n{shown}",
+            file.display()
+        );
+        renamed_end = renamed_end.max(rename.end);
+    }
+
+    // The 250 on the client's socket (a TCP fd, decoded by -yy).
+    let reply = calls
+        .iter()
+        .find(|c| {
+            matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+                && c.text.contains(&format!("250 2.0.0 Ok: queued as {id}"))
+        })
+        .unwrap_or_else(|| panic!("no 250 for {id} in the trace:\n{shown}"));
+    assert!(
+        fd_path(reply).is_some_and(|p| p.starts_with("TCP")),
+        "the 250 was not written to a TCP socket: {}",
+        reply.text
+    );
+    let dir = spool.join("msg");
+    let dir_fsync = calls
+        .iter()
+        .filter(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && on(c, &dir))
+        .find(|c| c.start > renamed_end && ok(c))
+        .unwrap_or_else(|| panic!("no fsync of {} after the renames:\n{shown}", dir.display()));
+    assert!(
+        dir_fsync.end < reply.start,
+        "the 250 was written before the directory fsync returned:\n{shown}"
+    );
+}
+
+/// A trace in strace's format, as two threads would write it: the session's
+/// store on one (its dir fsync shared with, and started by, another
+/// thread's group commit), the reply on another.
+const GOOD: &str = r#"101  10:00:00.000001 write(12</s/tmp/ID.eml>, "Received: from client.test"..., 3211) = 3211
+101  10:00:00.000002 fsync(12</s/tmp/ID.eml> <unfinished ...>
+102  10:00:00.000003 write(2</s/relay.log>, "log line", 8) = 8
+101  10:00:00.000004 <... fsync resumed>) = 0
+101  10:00:00.000005 write(12</s/tmp/ID.json>, "{}", 2) = 2
+101  10:00:00.000006 fsync(12</s/tmp/ID.json>) = 0
+101  10:00:00.000007 rename("/s/tmp/ID.eml", "/s/msg/ID.eml") = 0
+101  10:00:00.000008 rename("/s/tmp/ID.json", "/s/msg/ID.json") = 0
+103  10:00:00.000009 fsync(13</s/msg> <unfinished ...>
+101  10:00:00.000010 write(2</s/relay.log>, "waiting", 7) = 7
+103  10:00:00.000011 <... fsync resumed>) = 0
+104  10:00:00.000012 sendto(11<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.0.0 Ok: queued as ID\r\n", 29, MSG_NOSIGNAL, NULL, 0) = 29
+104  10:00:00.000013 +++ exited with 0 +++
+"#;
+
+fn check(trace: &str) -> Result<(), String> {
+    let trace = trace.to_owned();
+    std::panic::catch_unwind(move || check_order(&trace, "ID", Path::new("/s"))).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// The checker accepts the right order and catches each wrong one.
+#[test]
+fn the_order_check_fails_on_wrong_orders() {
+    check(GOOD).unwrap();
+    let lines: Vec<&str> = GOOD.lines().collect();
+    let reorder = |from: usize, to: usize| {
+        let mut l = lines.clone();
+        let moved = l.remove(from);
+        l.insert(to, moved);
+        l.join("\n")
+    };
+    // The 250 before the directory fsync returned.
+    let e = check(&reorder(11, 10)).unwrap_err();
+    assert!(e.contains("before the directory fsync returned"), "{e}");
+    // The directory fsync begun before the renames.
+    let e = check(&reorder(8, 6)).unwrap_err();
+    assert!(e.contains("no fsync of /s/msg after the renames"), "{e}");
+    // A rename before its file's fsync returned.
+    let mut l = lines.clone();
+    l.swap(3, 6);
+    let e = check(&l.join("\n")).unwrap_err();
+    assert!(e.contains("renamed before its fsync returned"), "{e}");
+    // An fsync before the last write.
+    let e = check(&reorder(4, 5)).unwrap_err();
+    assert!(
+        e.contains("fsync started before the last write returned"),
+        "{e}"
+    );
+    // No fsync of a file at all.
+    let e =
+        check(&GOOD.replace("fsync(12</s/tmp/ID.json>)", "fstat(12</s/tmp/ID.json>)")).unwrap_err();
+    assert!(e.contains("never fsynced"), "{e}");
+    // The reply on something other than a TCP socket.
+    let e = check(&GOOD.replace("sendto(11<TCP:", "sendto(11<UNIX:")).unwrap_err();
+    assert!(e.contains("not written to a TCP socket"), "{e}");
+}
