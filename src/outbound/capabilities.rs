@@ -35,8 +35,9 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
-    /// Reads a 250 EHLO reply (all its lines, as framed by `Wire`).
-    pub(crate) fn from_ehlo(raw: &[u8]) -> Capabilities {
+    /// Reads a 250 EHLO reply (all its lines, as framed by `Wire`). Public
+    /// for the fuzz target.
+    pub fn from_ehlo(raw: &[u8]) -> Capabilities {
         match EhloResponse::parse(&mut raw.iter()) {
             Ok(r) => {
                 let has = |ext: u32| r.capabilities & ext != 0;

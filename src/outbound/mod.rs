@@ -10,7 +10,7 @@ pub mod client;
 pub mod reply;
 pub mod stuffing;
 pub mod tls;
-mod wire;
+pub mod wire;
 
 pub use capabilities::Capabilities;
 pub use client::{ClientOptions, Connection, Stage, Upstream, UpstreamError};

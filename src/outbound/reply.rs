@@ -51,8 +51,9 @@ impl UpstreamReply {
     }
 
     /// Parses one complete reply as framed by `Wire` (every line `ddd-` or
-    /// `ddd `, the same code throughout, the last ending the reply).
-    pub(crate) fn parse(raw: &[u8]) -> Result<Self, String> {
+    /// `ddd `, the same code throughout, the last ending the reply). Public
+    /// for the fuzz target.
+    pub fn parse(raw: &[u8]) -> Result<Self, String> {
         let response = ResponseReceiver::default()
             .parse(&mut raw.iter())
             .map_err(|e| format!("unparsable reply {:?}: {e:?}", lossy_head(raw)))?;

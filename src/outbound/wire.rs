@@ -125,48 +125,7 @@ impl Wire {
     }
 
     async fn frame(&mut self, stage: Stage) -> Result<Vec<u8>, UpstreamError> {
-        let bad = |what: String| UpstreamError::Protocol(format!("{what} ({stage})"));
-        let mut pos = 0; // start of the first line not yet checked
-        let mut lines = 0;
-        loop {
-            while let Some(nl) = memchr::memchr(b'\n', &self.buf[pos..]) {
-                let line = &self.buf[pos..pos + nl + 1];
-                if line.len() > MAX_LINE {
-                    return Err(bad(format!("reply line over {MAX_LINE} bytes")));
-                }
-                let text = line.strip_suffix(b"\n").unwrap_or(line);
-                let text = text.strip_suffix(b"\r").unwrap_or(text);
-                // RFC 5321 §4.2: three digits, then "-" (more lines follow),
-                // " " or nothing (the last line); the same code on every line.
-                let well_formed = text.len() >= 3
-                    && text[..3].iter().all(u8::is_ascii_digit)
-                    && matches!(text.get(3), None | Some(b' ' | b'-'))
-                    && (pos == 0 || text[..3] == self.buf[..3]);
-                if !well_formed {
-                    return Err(bad(format!(
-                        "malformed reply line {:?}",
-                        String::from_utf8_lossy(&text[..text.len().min(100)])
-                    )));
-                }
-                lines += 1;
-                pos += nl + 1;
-                if text.get(3) != Some(&b'-') {
-                    return Ok(self.buf.drain(..pos).collect());
-                }
-                if lines >= MAX_LINES {
-                    return Err(bad(format!("reply of more than {MAX_LINES} lines")));
-                }
-            }
-            if self.buf.len() - pos > MAX_LINE {
-                return Err(bad(format!("reply line over {MAX_LINE} bytes")));
-            }
-            let mut chunk = [0u8; 4096];
-            match self.stream.read(&mut chunk).await {
-                Ok(0) => return Err(bad("connection closed by the upstream".into())),
-                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
-                Err(e) => return Err(bad(format!("connection lost: {e}"))),
-            }
-        }
+        read_frame(&mut self.stream, &mut self.buf, stage).await
     }
 
     /// The TLS handshake after STARTTLS's 220 (RFC 3207). Any byte the
@@ -203,6 +162,59 @@ impl Wire {
         match &self.stream {
             Stream::Tls(s) => Some(crate::tls::describe(s.get_ref().1)),
             Stream::Plain(_) => None,
+        }
+    }
+}
+
+/// Reads one complete reply's bytes (all its lines) from `stream`, `buf`
+/// holding bytes read earlier and keeping whatever follows the reply. Bounded:
+/// a line over `MAX_LINE` or a reply over `MAX_LINES` lines is an error.
+/// Public so the fuzz target can drive it over any reader.
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    stream: &mut R,
+    buf: &mut Vec<u8>,
+    stage: Stage,
+) -> Result<Vec<u8>, UpstreamError> {
+    let bad = |what: String| UpstreamError::Protocol(format!("{what} ({stage})"));
+    let mut pos = 0; // start of the first line not yet checked
+    let mut lines = 0;
+    loop {
+        while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
+            let line = &buf[pos..pos + nl + 1];
+            if line.len() > MAX_LINE {
+                return Err(bad(format!("reply line over {MAX_LINE} bytes")));
+            }
+            let text = line.strip_suffix(b"\n").unwrap_or(line);
+            let text = text.strip_suffix(b"\r").unwrap_or(text);
+            // RFC 5321 §4.2: three digits, then "-" (more lines follow),
+            // " " or nothing (the last line); the same code on every line.
+            let well_formed = text.len() >= 3
+                && text[..3].iter().all(u8::is_ascii_digit)
+                && matches!(text.get(3), None | Some(b' ' | b'-'))
+                && (pos == 0 || text[..3] == buf[..3]);
+            if !well_formed {
+                return Err(bad(format!(
+                    "malformed reply line {:?}",
+                    String::from_utf8_lossy(&text[..text.len().min(100)])
+                )));
+            }
+            lines += 1;
+            pos += nl + 1;
+            if text.get(3) != Some(&b'-') {
+                return Ok(buf.drain(..pos).collect());
+            }
+            if lines >= MAX_LINES {
+                return Err(bad(format!("reply of more than {MAX_LINES} lines")));
+            }
+        }
+        if buf.len() - pos > MAX_LINE {
+            return Err(bad(format!("reply line over {MAX_LINE} bytes")));
+        }
+        let mut chunk = [0u8; 4096];
+        match stream.read(&mut chunk).await {
+            Ok(0) => return Err(bad("connection closed by the upstream".into())),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(bad(format!("connection lost: {e}"))),
         }
     }
 }
