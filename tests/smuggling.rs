@@ -397,9 +397,11 @@ async fn run_case(relay: SocketAddr, ca: &TestCa, mode: Mode, case: &Case) -> Re
 async fn run_all(relay: SocketAddr, h: &Arc<Harness>, mode: Mode, cases: &[Case]) -> Vec<String> {
     let permits = Arc::new(tokio::sync::Semaphore::new(16));
     let mut set = tokio::task::JoinSet::new();
+    let mut tags = std::collections::HashMap::new();
     for case in cases.iter().cloned() {
         let (h, permits) = (h.clone(), permits.clone());
-        set.spawn(async move {
+        let tag = case.tag.clone();
+        let task = set.spawn(async move {
             let _p = permits.acquire_owned().await.unwrap();
             let r =
                 tokio::time::timeout(Duration::from_secs(60), run_case(relay, &h.ca, mode, &case))
@@ -407,13 +409,15 @@ async fn run_all(relay: SocketAddr, h: &Arc<Harness>, mode: Mode, cases: &[Case]
                     .unwrap_or_else(|_| Err("timed out".into()));
             r.err().map(|e| format!("{}: {e}", case.tag))
         });
+        tags.insert(task.id(), tag);
     }
     let mut failures = Vec::new();
-    while let Some(r) = set.join_next().await {
+    while let Some(r) = set.join_next_with_id().await {
         match r {
-            Ok(Some(f)) => failures.push(f),
-            Ok(None) => {}
-            Err(e) => failures.push(format!("task panicked: {e}")),
+            Ok((_, Some(f))) => failures.push(f),
+            Ok((_, None)) => {}
+            // A panic in the client (e.g. no reply within 10 s).
+            Err(e) => failures.push(format!("{}: {e}", tags[&e.id()])),
         }
     }
     failures.sort();
@@ -814,6 +818,12 @@ impl Rig {
     /// Waits until the queue is empty and each upstream holds `want` messages.
     async fn delivered(&self, want_sink: usize, want_postfix: usize) {
         for _ in 0..1200 {
+            // A bare line ending on the wire fails at once, with the bytes.
+            for tap in [&self.sink_tap, &self.postfix_tap] {
+                if tap.streams().iter().any(|s| bare_at(s).is_some()) {
+                    tap.transactions();
+                }
+            }
             if self.h.spool_files() == 0
                 && self.sink.count() >= want_sink
                 && self.postfix.dumps().len() >= want_postfix
