@@ -669,10 +669,15 @@ async fn clients_that_never_read_cannot_grow_our_memory() {
 // ---------------------------------------------------------------------------
 // 6. Pipelining abuse.
 
-/// 100 000 NOOPs in one write: exactly 100 000 replies, in order, and memory
-/// bounded by what one read's worth of replies takes.
+/// Commands that do no work answered before the close: the junk limit, then
+/// `max_errors` (10 by default) more, the last of which gets the 421.
+const JUNK_BEFORE_CLOSE: usize = smarthost::session::JUNK_COMMAND_LIMIT as usize + 9;
+
+/// 100 000 NOOPs in one write: answered in order until the junk-command limit
+/// runs out the error budget, then `421 4.7.0` and the close; the rest is
+/// never looked at, and memory stays bounded by one read's worth of replies.
 #[tokio::test]
-async fn hundred_thousand_pipelined_noops_get_as_many_replies() {
+async fn hundred_thousand_pipelined_noops_end_at_the_junk_limit() {
     let h = harness("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("100k pipelined NOOP", &relay);
@@ -680,25 +685,57 @@ async fn hundred_thousand_pipelined_noops_get_as_many_replies() {
     within(60, async {
         let (mut r, mut wr) = split(greeted(&relay).await);
         let writer = async {
-            wr.write_all(&b"NOOP\r\n".repeat(n)).await.unwrap();
-            wr.write_all(b"QUIT\r\n").await.unwrap();
+            // The relay closes partway through: a failed write is expected.
+            let _ = wr.write_all(&b"NOOP\r\n".repeat(n)).await;
         };
         let reader = async {
-            for i in 0..n {
+            for i in 0..JUNK_BEFORE_CLOSE {
                 let reply = r.reply().await;
                 assert_eq!(reply.status(), "250 2.0.0", "NOOP {i}");
             }
-            r.expect("221 2.0.0").await;
+            r.expect("421 4.7.0").await;
+            assert!(r.closed().await, "closed after the 421");
         };
         tokio::join!(writer, reader);
     })
     .await;
-    w.finish("250 x100000, 221", 200);
+    w.finish(&format!("250 x{JUNK_BEFORE_CLOSE}, 421 4.7.0, close"), 200);
 }
 
-/// Transactions opened and abandoned without DATA: MAIL/RCPT/RSET 10 000 times.
+/// The junk count starts afresh after each accepted message: a session that
+/// delivers mail is never cut off for its RSETs and NOOPs.
 #[tokio::test]
-async fn pipelined_transactions_without_data_leave_nothing_behind() {
+async fn junk_commands_between_messages_are_not_counted_against_a_working_session() {
+    let h = harness("");
+    let relay = Relay::start(&h).await;
+    let limit = smarthost::session::JUNK_COMMAND_LIMIT as usize;
+    within(60, async {
+        let mut c = greeted(&relay).await;
+        for round in 0..3 {
+            c.send(b"NOOP\r\n".repeat(limit)).await;
+            for i in 0..limit {
+                let reply = c.reply().await;
+                assert_eq!(reply.status(), "250 2.0.0", "round {round}, NOOP {i}");
+            }
+            c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
+            c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
+            c.cmd("DATA", "354").await;
+            c.cmd(
+                &format!("Subject: round {round}\r\n\r\nbody\r\n."),
+                "250 2.0.0",
+            )
+            .await;
+        }
+        c.cmd("QUIT", "221").await;
+    })
+    .await;
+    assert_eq!(h.spool_files(), 3 * 2, "three messages spooled");
+}
+
+/// Transactions opened and abandoned without DATA: each RSET is junk, so the
+/// 110th group's RSET gets `421 4.7.0`; nothing is spooled.
+#[tokio::test]
+async fn pipelined_transactions_without_data_end_at_the_junk_limit() {
     let h = harness("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10k MAIL/RCPT/RSET", &relay);
@@ -707,21 +744,21 @@ async fn pipelined_transactions_without_data_leave_nothing_behind() {
         let (mut r, mut wr) = split(greeted(&relay).await);
         let group = format!("MAIL FROM:<{FROM}>\r\nRCPT TO:<{TO}>\r\nRSET\r\n");
         let writer = async {
-            wr.write_all(group.repeat(n).as_bytes()).await.unwrap();
-            wr.write_all(b"QUIT\r\n").await.unwrap();
+            let _ = wr.write_all(group.repeat(n).as_bytes()).await;
         };
         let reader = async {
-            for i in 0..n * 3 {
+            for i in 0..JUNK_BEFORE_CLOSE * 3 + 2 {
                 let reply = r.reply().await;
                 assert_eq!(reply.code, 250, "command {i}: {reply:?}");
             }
-            r.expect("221 2.0.0").await;
+            r.expect("421 4.7.0").await;
+            assert!(r.closed().await, "closed after the 421");
         };
         tokio::join!(writer, reader);
     })
     .await;
     assert_eq!(h.spool_files(), 0);
-    w.finish("250 x30000, 221", 200);
+    w.finish("250 x329, 421 4.7.0, close", 200);
 }
 
 /// Junk pipelined in one write: max_errors (10 by default) refusals, then

@@ -230,6 +230,7 @@ impl Session {
                     tls = self.tls.is_some(),
                     "message accepted"
                 );
+                self.junk = 0;
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
                 self.ctx.queue.submit(id);
                 Flow::Continue

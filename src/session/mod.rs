@@ -53,6 +53,13 @@ const MAX_PENDING_REPLIES: usize = 16 * 1024;
 /// inside `data_timeout` holds its session (and a connection slot) forever.
 const MIN_CONTENT_RATE: u64 = 500;
 
+/// Commands that do no work (NOOP, RSET, HELP, VRFY) allowed since the last
+/// accepted message before each further one counts toward `max_errors`. A
+/// client sending a NOOP just inside `command_timeout` would otherwise hold
+/// its session forever; a session that delivers mail never gets near it.
+/// (The same idea as Postfix's `smtpd_junk_command_limit`, default 100.)
+pub const JUNK_COMMAND_LIMIT: u32 = 100;
+
 /// Where the session is in the protocol.
 enum State {
     /// Waiting for a command line.
@@ -122,6 +129,8 @@ pub struct Session {
     auth: Option<String>,
     txn: Option<Transaction>,
     errors: u32,
+    /// Commands that did no work since the last accepted message.
+    junk: u32,
     auth_failures: u32,
     /// When the command being waited for must have arrived by.
     command_deadline: Instant,
@@ -155,6 +164,7 @@ impl Session {
             auth: None,
             txn: None,
             errors: 0,
+            junk: 0,
             auth_failures: 0,
             command_deadline,
             content_deadline: command_deadline,
@@ -439,6 +449,20 @@ impl Session {
         }
         if self.needs_tls_first(&request) {
             return self.refuse(SmtpError::TlsRequired);
+        }
+        if matches!(
+            request,
+            Request::Noop { .. } | Request::Rset | Request::Help { .. } | Request::Vrfy { .. }
+        ) {
+            self.junk += 1;
+            if self.junk > JUNK_COMMAND_LIMIT {
+                self.errors += 1;
+                if self.errors >= self.ctx.config.limits.max_errors {
+                    info!(client = %self.peer, junk = self.junk, "too many commands without mail; closing");
+                    self.reply(SmtpError::TooManyErrors.reply());
+                    return Flow::Close;
+                }
+            }
         }
         let result = match request {
             Request::Ehlo { host } => Ok(self.ehlo(host, true)),
