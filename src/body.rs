@@ -27,6 +27,8 @@ pub struct Content {
     limit: u64,
     mode: BareLineEndings,
     bare_line_ending: bool,
+    /// A NUL byte was seen (dropped in normalize mode, refused in reject mode).
+    nul: bool,
 }
 
 impl Content {
@@ -38,6 +40,7 @@ impl Content {
             limit: limit as u64,
             mode,
             bare_line_ending: false,
+            nul: false,
         }
     }
 
@@ -52,18 +55,36 @@ impl Content {
             Some(SmtpError::MessageTooBig)
         } else if self.bare_line_ending && self.mode == BareLineEndings::Reject {
             Some(SmtpError::BareLineEnding)
+        } else if self.nul && self.mode == BareLineEndings::Reject {
+            Some(SmtpError::NulInContent)
         } else {
             None
         }
     }
 
     /// Takes more content, making every line ending CRLF.
-    pub fn push(&mut self, mut bytes: &[u8]) {
+    pub fn push(&mut self, bytes: &[u8]) {
         self.received += bytes.len() as u64;
+        if memchr::memchr(0, bytes).is_some() {
+            // RFC 2045 §2.8, RFC 3030 §3: without BINARYMIME (never offered)
+            // content is text, and text holds no NUL. A next hop that drops
+            // NULs before looking for the end of data would read
+            // "\r\n\0.\r\n" as one (a smuggling variant), so none is relayed.
+            self.nul = true;
+            if self.refusal().is_none() {
+                let text: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0).collect();
+                self.normalise(&text);
+                return;
+            }
+        }
         if self.refusal().is_some() {
             self.data = Vec::new();
             return;
         }
+        self.normalise(bytes);
+    }
+
+    fn normalise(&mut self, mut bytes: &[u8]) {
         if self.pending_cr && !bytes.is_empty() {
             self.pending_cr = false;
             if bytes[0] == b'\n' {
@@ -223,6 +244,24 @@ mod tests {
         assert_eq!(
             content(&[b"ok\r\n"], BareLineEndings::Reject).unwrap(),
             b"ok\r\n"
+        );
+    }
+
+    #[test]
+    fn nul_is_dropped_or_refused() {
+        let smuggle: &[&[u8]] = &[b"a\r\n\0", b".\r\nb\r\n.\0\r\n"];
+        assert_eq!(
+            content(smuggle, BareLineEndings::Normalize).unwrap(),
+            b"a\r\n.\r\nb\r\n.\r\n"
+        );
+        assert!(matches!(
+            content(smuggle, BareLineEndings::Reject),
+            Err(SmtpError::NulInContent)
+        ));
+        // A CR, a NUL, then the LF in the next push: still one CRLF.
+        assert_eq!(
+            content(&[b"a\r\0", b"\nb"], BareLineEndings::Normalize).unwrap(),
+            b"a\r\nb\r\n"
         );
     }
 

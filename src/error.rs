@@ -53,6 +53,8 @@ pub enum SmtpError {
     TooManyHops,
     #[error("bare CR or LF in message")]
     BareLineEnding,
+    #[error("NUL in message")]
+    NulInContent,
     #[error("BDAT size out of range")]
     BdatSizeOutOfRange,
     #[error("authentication not available")]
@@ -127,6 +129,12 @@ impl SmtpError {
                 550,
                 "5.5.2",
                 "Bare CR or LF in message content; lines must end in CRLF",
+            ),
+            // RFC 3463 §3.7: X.6.0, a media problem; BINARYMIME is not offered.
+            NulInContent => Reply::new(
+                554,
+                "5.6.0",
+                "NUL characters are not allowed in message content",
             ),
             BdatSizeOutOfRange => Reply::new(501, "5.5.4", "BDAT chunk size out of range"),
             AuthUnavailable => Reply::new(502, "5.5.1", "AUTH not available"),

@@ -8,6 +8,7 @@
 //! then the real end CRLF "." CRLF. Only CRLF "." CRLF ends DATA (RFC 5321
 //! §4.1.1.4, §4.5.2), and content with a bare CR or LF is either repaired
 //! (`bare_line_endings = "normalize"`) or refused with `550 5.5.2` (`"reject"`),
+//! and a NUL is dropped or refused with `554 5.6.0` likewise,
 //! so each attempt yields exactly one reply to the end of data, the smuggled
 //! commands are never answered, and what reaches an upstream is one message
 //! holding the smuggled text as content (or nothing), with CRLF line ends only
@@ -126,10 +127,13 @@ impl Mode {
         }
     }
 
-    /// The reply to the end of the message: one of them, exactly once.
-    fn verdict(self, bare: bool) -> &'static str {
+    /// The reply to the end of the message: one of them, exactly once. In
+    /// normalize mode a NUL is dropped; in reject mode it is refused
+    /// (RFC 3030 §3: no NUL without BINARYMIME).
+    fn verdict(self, eod: &[u8], bare: bool) -> &'static str {
         match (self, bare) {
             (Mode::Reject, true) => "550 5.5.2",
+            (Mode::Reject, false) if eod.contains(&0) => "554 5.6.0",
             _ => "250 2.0.0",
         }
     }
@@ -286,7 +290,7 @@ async fn run_case(relay: SocketAddr, ca: &TestCa, mode: Mode, case: &Case) -> Re
     let tcp = TcpStream::connect(relay).await.map_err(|e| e.to_string())?;
     tcp.set_nodelay(true).unwrap();
     let mut c = tls_session(Client::new(tcp), ca).await;
-    let verdict = mode.verdict(case.bare);
+    let verdict = mode.verdict(case.eod, case.bare);
     let envelope = format!("MAIL FROM:<{}>\r\nRCPT TO:<{RCPT}>\r\n", case.sender());
     match case.style {
         Style::Pipelined => {
@@ -339,7 +343,7 @@ async fn run_case(relay: SocketAddr, ca: &TestCa, mode: Mode, case: &Case) -> Re
                 let ok = if last {
                     r.status() == verdict
                 } else {
-                    r.status() == "250 2.0.0" || (case.bare && r.status() == verdict)
+                    r.status() == "250 2.0.0" || r.status() == verdict
                 };
                 if !ok {
                     return Err(format!("chunk {i} of {}: {:?}", chunks.len(), r.lines));
@@ -879,7 +883,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 }
 
 fn accepted(mode: Mode, case: &Case) -> bool {
-    mode.verdict(case.bare).starts_with("250")
+    mode.verdict(case.eod, case.bare).starts_with("250")
 }
 
 /// One vantage point: exactly one message per accepted case, from its sender
@@ -898,6 +902,9 @@ fn check_view(view: &str, seen: &[Seen], cases: &[&Case], mode: Mode, lf: bool) 
         }
         if let Some(i) = bare_at(body).filter(|_| !lf) {
             errs.push(format!("{view}: bare CR or LF at {i} of a message"));
+        }
+        if let Some(i) = body.iter().position(|&b| b == 0) {
+            errs.push(format!("{view}: NUL at {i} of a message"));
         }
     }
     let nl = if lf { "\n" } else { "\r\n" };
@@ -1043,7 +1050,7 @@ fn table(rig: &Rig, mode: Mode, cases: &[Case]) {
             mode.toml(),
             name,
             format!("{:?}", String::from_utf8_lossy(eod)),
-            mode.verdict(bare),
+            mode.verdict(eod, bare),
             per(VIA_SINK),
             per(VIA_POSTFIX),
         );
