@@ -236,6 +236,7 @@ async fn smuggling_payloads_stay_one_message_when_normalised() {
         assert_eq!(env.sender, FROM);
         assert_eq!(env.recipients.len(), 1);
         assert_no_bare_line_endings(msg);
+        assert!(!msg.contains(&0), "a NUL is dropped in normalize mode");
         assert!(String::from_utf8_lossy(msg).contains("MAIL FROM:<evil@attacker.example>"));
     }
 }
@@ -251,13 +252,13 @@ async fn smuggling_payloads_are_refused_in_reject_mode() {
         body.extend_from_slice(eod);
         body.extend_from_slice(b"MAIL FROM:<evil@attacker.example>\r\n");
         let r = send_data(&mut c, FROM, &[TO], &body).await;
-        // NUL variants have no bare CR/LF: they are content, accepted.
+        // NUL variants have no bare CR/LF, but a NUL is refused in its own right.
         let nul = eod.contains(&0);
-        let want = if nul { "250 2.0.0" } else { "550 5.5.2" };
+        let want = if nul { "554 5.6.0" } else { "550 5.5.2" };
         assert_eq!(r.status(), want, "variant {i}");
     }
     c.cmd("NOOP", "250").await;
-    assert_eq!(h.spooled().len(), 2);
+    assert_eq!(h.spooled().len(), 0);
 }
 
 fn assert_no_bare_line_endings(msg: &[u8]) {
