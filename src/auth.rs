@@ -91,9 +91,12 @@ pub fn decode_response(line: &str) -> Result<Vec<u8>, SaslError> {
 }
 
 /// Splits a PLAIN message: `authzid NUL authcid NUL passwd` (RFC 4616 §2).
+/// No field holds a NUL (SAFE excludes it), so a third NUL is malformed
+/// rather than part of the password.
 pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
-    let mut parts = message.splitn(3, |&b| b == 0);
-    let (Some(authzid), Some(user), Some(password)) = (parts.next(), parts.next(), parts.next())
+    let mut parts = message.split(|&b| b == 0);
+    let (Some(authzid), Some(user), Some(password), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
     else {
         return Err(SaslError::Malformed);
     };
@@ -203,6 +206,9 @@ mod tests {
         assert_eq!(c.password, b"pass");
         assert_eq!(parse_plain(b"user\0pass"), Err(SaslError::Malformed));
         assert_eq!(parse_plain(b"\0\0pass"), Err(SaslError::Malformed));
+        // Found by fuzz/fuzz_targets/sasl.rs: a third NUL was kept in the password.
+        assert_eq!(parse_plain(b"\0u\0p\0q"), Err(SaslError::Malformed));
+        assert_eq!(parse_plain(b"\0u\0p\0"), Err(SaslError::Malformed));
         assert_eq!(decode_response("AHUAcA==").unwrap(), b"\0u\0p");
         assert_eq!(decode_response("=").unwrap(), b"");
         assert_eq!(decode_response("!!"), Err(SaslError::Base64));
