@@ -186,9 +186,11 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             }
             let text = line.strip_suffix(b"\n").unwrap_or(line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
-            // RFC 5321 §4.2: three digits, then "-" (more lines follow),
-            // " " or nothing (the last line); the same code on every line.
+            // RFC 5321 §4.2: three digits, the first 2 to 5, then "-" (more
+            // lines follow), " " or nothing (the last line); the same code on
+            // every line.
             let well_formed = text.len() >= 3
+                && (b'2'..=b'5').contains(&text[0])
                 && text[..3].iter().all(u8::is_ascii_digit)
                 && matches!(text.get(3), None | Some(b' ' | b'-'))
                 && (pos == 0 || text[..3] == buf[..3]);
@@ -216,5 +218,39 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
             Err(e) => return Err(bad(format!("connection lost: {e}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn frame(bytes: &[u8]) -> Result<Vec<u8>, UpstreamError> {
+        let mut reader = bytes;
+        read_frame(&mut reader, &mut Vec::new(), Stage::Greeting).await
+    }
+
+    #[tokio::test]
+    async fn reply_codes_start_with_two_to_five() {
+        assert_eq!(frame(b"250 ok\r\n").await.unwrap(), b"250 ok\r\n");
+        assert_eq!(frame(b"599\n").await.unwrap(), b"599\n");
+        // Found by fuzz/fuzz_targets/upstream_reply.rs: these were framed and
+        // parsed as replies, codes no SMTP server sends (RFC 5321 §4.2).
+        for odd in [&b"199 x\r\n"[..], b"650 y\r\n", b"099 z\r\n", b"999\r\n"] {
+            assert!(
+                matches!(frame(odd).await, Err(UpstreamError::Protocol(_))),
+                "{odd:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn replies_are_bounded() {
+        let long = [b"250 ".as_slice(), &[b'x'; MAX_LINE], b"\r\n"].concat();
+        assert!(frame(&long).await.is_err());
+        let endless = b"250-x\r\n".repeat(MAX_LINES + 1);
+        assert!(frame(&endless).await.is_err());
+        let most = [b"250-x\r\n".repeat(MAX_LINES - 1), b"250 y\r\n".to_vec()].concat();
+        assert_eq!(frame(&most).await.unwrap(), most);
     }
 }
