@@ -65,23 +65,26 @@ impl Content {
     /// Takes more content, making every line ending CRLF.
     pub fn push(&mut self, bytes: &[u8]) {
         self.received += bytes.len() as u64;
+        let mut text = std::borrow::Cow::Borrowed(bytes);
         if memchr::memchr(0, bytes).is_some() {
             // RFC 2045 §2.8, RFC 3030 §3: without BINARYMIME (never offered)
             // content is text, and text holds no NUL. A next hop that drops
             // NULs before looking for the end of data would read
             // "\r\n\0.\r\n" as one (a smuggling variant), so none is relayed.
             self.nul = true;
-            if self.refusal().is_none() {
-                let text: Vec<u8> = bytes.iter().copied().filter(|&b| b != 0).collect();
-                self.normalise(&text);
-                return;
-            }
+            text = bytes.iter().copied().filter(|&b| b != 0).collect();
         }
-        if self.refusal().is_some() {
+        if self.too_big() {
             self.data = Vec::new();
             return;
         }
-        self.normalise(bytes);
+        // Line endings are still judged once the message is refused (the
+        // bytes then dropped), so which refusal it gets does not depend on
+        // how the content was split into packets.
+        self.normalise(&text);
+        if self.refusal().is_some() {
+            self.data = Vec::new();
+        }
     }
 
     fn normalise(&mut self, mut bytes: &[u8]) {
@@ -263,6 +266,26 @@ mod tests {
             content(&[b"a\r\0", b"\nb"], BareLineEndings::Normalize).unwrap(),
             b"a\r\nb\r\n"
         );
+    }
+
+    #[test]
+    fn refusal_does_not_depend_on_the_split() {
+        // Found by fuzz/fuzz_targets/data.rs: a bare CR then a NUL got
+        // 554 5.6.0 in one push but 550 5.5.2 byte by byte.
+        let whole: &[u8] = b"\r\r\0\0x\r\n";
+        let bytes: Vec<&[u8]> = whole.chunks(1).collect();
+        for parts in [&[whole][..], &bytes] {
+            assert!(matches!(
+                content(parts, BareLineEndings::Reject),
+                Err(SmtpError::BareLineEnding)
+            ));
+        }
+        for parts in [&[&b"\0"[..], b"a\n"][..], &[b"\0a\n"]] {
+            assert!(matches!(
+                content(parts, BareLineEndings::Reject),
+                Err(SmtpError::BareLineEnding)
+            ));
+        }
     }
 
     #[test]
