@@ -295,8 +295,8 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
                 }
             };
             let backlog = matches!(moment, Moment::Backlog);
-            let spooled = h.spool_files();
             let undelivered = index.acked_undelivered(&shared, &[&eu, &us]);
+            let spooled = h.spool_files();
             shared.port.store(0, Ordering::SeqCst);
             relay.kill();
             f.kills += 1;
@@ -493,8 +493,17 @@ struct Index {
 }
 
 impl Index {
-    /// Acknowledged messages not yet at a sink.
+    /// Messages acknowledged before the call and still not at a sink after
+    /// reading the sinks (a lower bound: the relay goes on meanwhile).
     fn acked_undelivered(&mut self, shared: &Shared, sinks: &[&Sink]) -> usize {
+        let acked: Vec<String> = shared
+            .attempts
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|a| a.sent.queued_as.is_some())
+            .map(|a| a.sent.message_id.clone())
+            .collect();
         for s in sinks {
             for f in s.files() {
                 if self.files.insert(f.clone()) {
@@ -503,12 +512,6 @@ impl Index {
                 }
             }
         }
-        shared
-            .attempts
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|a| a.sent.queued_as.is_some() && !self.ids.contains(&a.sent.message_id))
-            .count()
+        acked.iter().filter(|id| !self.ids.contains(*id)).count()
     }
 }
