@@ -4,9 +4,10 @@
 #
 #   scripts/fuzz.sh [SECONDS_PER_TARGET] [TARGET...]     (default 20 s, all targets)
 #
-# Needs a nightly toolchain (cargo-fuzz builds with -Zsanitizer=address);
-# installs cargo-fuzz if missing. No clang needed: libfuzzer-sys builds
-# libFuzzer itself with the C++ compiler cc finds (g++ on Debian).
+# Needs a nightly toolchain (cargo-fuzz builds with -Zsanitizer=address), or
+# falls back to stable with RUSTC_BOOTSTRAP=1; installs cargo-fuzz if missing.
+# No clang needed: libfuzzer-sys builds libFuzzer itself with the C++
+# compiler the cc crate finds (g++ on Debian).
 # Each target starts from the committed seeds (fuzz/seeds/TARGET, read only)
 # plus whatever earlier runs left in fuzz/corpus/TARGET (not committed), so
 # repeated runs keep their progress. Crashes land in fuzz/artifacts/TARGET/.
@@ -22,10 +23,20 @@ toolchain=${FUZZ_TOOLCHAIN:-nightly}
 rss=${FUZZ_RSS_MB:-2048}
 jobs=${FUZZ_JOBS:-1}
 
+if [ -z "${FUZZ_TOOLCHAIN:-}" ] && ! rustup run nightly rustc --version >/dev/null 2>&1; then
+    echo "fuzz.sh: no nightly toolchain; using stable with RUSTC_BOOTSTRAP=1" >&2
+    toolchain=stable
+fi
 if ! rustup run "$toolchain" rustc --version >/dev/null 2>&1; then
     echo "fuzz.sh: the $toolchain toolchain is missing: rustup toolchain install $toolchain" >&2
     exit 2
 fi
+# cargo-fuzz passes -Z flags (the sanitizer); a stable compiler accepts them
+# only with RUSTC_BOOTSTRAP=1 (tested with 1.95: ASan and libFuzzer work).
+case "$toolchain" in
+    nightly*) ;;
+    *) export RUSTC_BOOTSTRAP=1 ;;
+esac
 if ! command -v c++ >/dev/null && ! command -v g++ >/dev/null && ! command -v clang++ >/dev/null; then
     echo "fuzz.sh: libfuzzer-sys compiles libFuzzer with a C++ compiler: apt-get install g++" >&2
     exit 2
@@ -57,13 +68,14 @@ for t in "${targets[@]}"; do
     echo "== $t: ${seconds}s"
     status=0
     # -timeout: one input taking 30 s is a hang (the session target runs on
-    # paused time, so nothing legitimate takes that long).
+    # paused time, so nothing legitimate takes that long). -len_control: let
+    # inputs grow sooner than libFuzzer's default (long lines matter here).
     extra=()
     [ "$jobs" -gt 1 ] && extra+=(-jobs="$jobs" -workers="$jobs")
     [ -f "dicts/$t.dict" ] && extra+=(-dict="dicts/$t.dict")
     cargo +"$toolchain" fuzz run "$t" "corpus/$t" "seeds/$t" -- \
         -max_total_time="$seconds" -rss_limit_mb="$rss" -timeout=30 \
-        -max_len=16384 -print_final_stats=1 "${extra[@]}" \
+        -max_len=16384 -len_control=20 -print_final_stats=1 "${extra[@]}" \
         >"$log" 2>&1 || status=$?
     # With -jobs, libFuzzer writes each job's output to fuzz-N.log.
     cat fuzz-*.log >>"$log" 2>/dev/null && rm -f fuzz-*.log

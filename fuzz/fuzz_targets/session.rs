@@ -175,7 +175,7 @@ fuzz_target!(|data: &[u8]| {
     };
     let mut world = world().lock().unwrap_or_else(|e| e.into_inner());
     world.runs += 1;
-    if world.runs % REBUILD_EVERY == 0 {
+    if world.runs.is_multiple_of(REBUILD_EVERY) {
         world.contexts = World::contexts(&world.rt, &world.dir);
     }
     let reject = flags & 4 != 0;
