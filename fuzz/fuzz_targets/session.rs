@@ -21,8 +21,10 @@
 //! hyphen, CRLF-terminated, at most 512 bytes, one code per reply); nothing
 //! follows `220 2.0.0` to STARTTLS in plaintext; each `250 ... queued as ID`
 //! is exactly one message in the spool, and the spool holds nothing else; a
-//! spooled message reads back consistent (envelope, size, CRLF only, within
-//! the recipient limit) and no temporary file is left behind.
+//! spooled message reads back consistent (envelope, size, CRLF only, no NUL,
+//! within the recipient limit) and no temporary file is left behind; no
+//! message is accepted from outside the relay networks without AUTH, without
+//! TLS where it is required, or with AUTH outside TLS.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -213,7 +215,12 @@ fuzz_target!(|data: &[u8]| {
         eprintln!("-- TLS --\n{}", String::from_utf8_lossy(&transcript.tls));
     }
     let queued = check_replies(&transcript);
-    check_spool(&ctx, &spool, &queued);
+    let must = Must {
+        peer,
+        tls: flags & 3 != 0,
+        auth: flags & 8 != 0,
+    };
+    check_spool(&ctx, &spool, &queued, &must);
 });
 
 fn split(input: &[u8]) -> Vec<&[u8]> {
@@ -424,9 +431,18 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
     hay.windows(needle.len()).position(|w| w == needle)
 }
 
-/// The spool holds exactly the messages said to be queued, each consistent;
-/// then it is emptied for the next run.
-fn check_spool(ctx: &ServerContext, spool: &Spool, queued: &BTreeSet<String>) {
+/// What every message accepted in this run must show.
+struct Must {
+    peer: SocketAddr,
+    /// TLS was required, or implicit.
+    tls: bool,
+    /// The client is outside the relay networks: only AUTH lets it relay.
+    auth: bool,
+}
+
+/// The spool holds exactly the messages said to be queued, each consistent
+/// and accepted only as the access rules allow; then it is emptied.
+fn check_spool(ctx: &ServerContext, spool: &Spool, queued: &BTreeSet<String>, must: &Must) {
     let listed: BTreeSet<String> = spool.list().unwrap().into_iter().collect();
     let tmp = ctx.config.queue.path.join("tmp");
     let debris = std::fs::read_dir(&tmp).map_or(0, |d| d.count());
@@ -449,6 +465,14 @@ fn check_spool(ctx: &ServerContext, spool: &Spool, queued: &BTreeSet<String>) {
             "bare CR or LF in a spooled message"
         );
         assert!(!message.contains(&0), "NUL in a spooled message");
+        let client = &env.client;
+        assert_eq!(client.address, must.peer);
+        assert!(!must.auth || client.auth.is_some(), "relayed without AUTH");
+        assert!(!must.tls || client.tls.is_some(), "accepted without TLS");
+        assert!(
+            client.auth.is_none() || client.tls.is_some(),
+            "AUTH without TLS"
+        );
         assert!(
             (1..=MAX_RECIPIENTS).contains(&env.recipients.len()),
             "{} recipients",
