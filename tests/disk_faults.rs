@@ -23,9 +23,9 @@ use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::binary::{Relay, Sink, free_port, within};
+use common::binary::{Relay, Sink, eventually, free_port, within};
 use common::*;
 use fake_upstream::{FakeUpstream, Script};
 use smarthost::spool::RecipientStatus;
@@ -255,17 +255,6 @@ fn received_tags(sink: &Sink) -> Vec<String> {
         .collect()
 }
 
-async fn eventually(secs: u64, what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if pred() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out ({secs} s) waiting for {what}");
-}
-
 fn assert_alive(relay: &mut Relay) {
     assert!(
         relay.proc.exited().is_none(),
@@ -312,8 +301,8 @@ async fn a_full_spool_gets_452_nothing_half_written_and_recovers() {
 
         let r = send(&relay, "before", 2_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
-        eventually(20, "first message delivered", || sink.count() == 1).await;
-        eventually(20, "spool empty", || files_in(&spool, "msg").is_empty()).await;
+        eventually("first message delivered", 20, || sink.count() == 1).await;
+        eventually("spool empty", 20, || files_in(&spool, "msg").is_empty()).await;
 
         let filler = Filler::fill(&mount.path);
         assert!(free_bytes(&spool) < PAGE, "{}", free_bytes(&spool));
@@ -338,8 +327,8 @@ async fn a_full_spool_gets_452_nothing_half_written_and_recovers() {
         filler.remove();
         let r = send(&relay, "after", 20_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
-        eventually(20, "the message after recovery", || sink.count() == 2).await;
-        eventually(20, "spool empty", || files_in(&spool, "msg").is_empty()).await;
+        eventually("the message after recovery", 20, || sink.count() == 2).await;
+        eventually("spool empty", 20, || files_in(&spool, "msg").is_empty()).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(received_tags(&sink), ["before", "after"]);
         assert_alive(&mut relay);
@@ -378,7 +367,7 @@ async fn the_disk_filling_at_each_point_of_a_store() {
                     refused.push(tag);
                 }
                 "250 2.0.0" => {
-                    eventually(20, "delivery", || {
+                    eventually("delivery", 20, || {
                         received_tags(&sink).contains(&tag) && files_in(&spool, "msg").is_empty()
                     })
                     .await;
@@ -418,7 +407,7 @@ async fn queued_messages_survive_a_full_disk_on_the_delivery_side() {
             let r = send(&relay, &format!("queued{i}"), 5_000).await;
             assert_eq!(r.status(), "250 2.0.0", "{r:?}");
         }
-        eventually(20, "all three deferred on disk", || {
+        eventually("all three deferred on disk", 20, || {
             let s = h.spooled();
             s.len() == 3
                 && s.iter().all(|(e, _)| {
@@ -428,7 +417,7 @@ async fn queued_messages_survive_a_full_disk_on_the_delivery_side() {
         .await;
         let filler = Filler::fill(&mount.path);
         // Retries every second now fail to record their state.
-        eventually(20, "a failed state update logged", || {
+        eventually("a failed state update logged", 20, || {
             relay.log().contains("cannot record delivery state")
         })
         .await;
@@ -442,8 +431,8 @@ async fn queued_messages_survive_a_full_disk_on_the_delivery_side() {
         assert_eq!(h.spool_files(), 6, "no stray files in msg/");
 
         sink.start().await;
-        eventually(30, "all three delivered", || sink.count() == 3).await;
-        eventually(20, "spool empty", || h.spool_files() == 0).await;
+        eventually("all three delivered", 30, || sink.count() == 3).await;
+        eventually("spool empty", 20, || h.spool_files() == 0).await;
         filler.remove();
         tokio::time::sleep(Duration::from_secs(2)).await;
         let mut got = received_tags(&sink);
@@ -485,7 +474,7 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
         c.send(".\r\n").await;
         c.expect("250 2.0.0").await;
         c.cmd("QUIT", "221").await;
-        eventually(20, "deferred while the upstream is down", || {
+        eventually("deferred while the upstream is down", 20, || {
             h.spooled().iter().any(|(e, _)| {
                 matches!(e.recipients[0].status, RecipientStatus::Deferred { .. })
             })
@@ -504,11 +493,11 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
             },
         )
         .await;
-        eventually(20, "the refusal and the failed bounce", || {
+        eventually("the refusal and the failed bounce", 20, || {
             relay.log().contains("cannot queue the bounce")
         })
         .await;
-        eventually(20, "the delivery recorded, the failure waiting", || {
+        eventually("the delivery recorded, the failure waiting", 20, || {
             h.spooled().iter().any(|(e, _)| {
                 matches!(&e.recipients[0].status, RecipientStatus::Deferred { reply, .. } if reply.contains("notice to the sender not yet queued"))
                     && matches!(e.recipients[1].status, RecipientStatus::Delivered { .. })
@@ -519,7 +508,7 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
         tokio::time::sleep(Duration::from_secs(3)).await;
         assert_eq!(h.spooled().len(), 1, "still queued: {}", relay.log());
         filler.remove();
-        eventually(30, "the bounce delivered to the sender", || {
+        eventually("the bounce delivered to the sender", 30, || {
             fake.transactions().iter().any(|t| {
                 t.mail_from.starts_with("MAIL FROM:<>")
                     && t.rcpt_to.iter().any(|r| r.contains(FROM))
@@ -527,7 +516,7 @@ async fn a_bounce_that_cannot_be_stored_is_not_lost() {
             })
         })
         .await;
-        eventually(20, "spool empty", || h.spool_files() == 0).await;
+        eventually("spool empty", 20, || h.spool_files() == 0).await;
         let to_ok = fake
             .transactions()
             .iter()
@@ -556,7 +545,7 @@ async fn a_read_only_spool_gets_451_and_recovers() {
         mount.remount("rw");
         let r = send(&relay, "rw", 3_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
-        eventually(20, "delivered", || sink.count() == 1).await;
+        eventually("delivered", 20, || sink.count() == 1).await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(received_tags(&sink), ["rw"]);
     })
@@ -597,8 +586,8 @@ async fn an_io_error_from_the_spool_gets_451_and_the_relay_recovers() {
 
         let r = send(&relay, "healthy", 3_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
-        eventually(20, "delivered", || sink.count() == 1).await;
-        eventually(20, "spool empty", || {
+        eventually("delivered", 20, || sink.count() == 1).await;
+        eventually("spool empty", 20, || {
             files_in(&h.spool_dir(), "msg").is_empty()
         })
         .await;
@@ -653,7 +642,7 @@ async fn an_io_error_from_the_spool_gets_451_and_the_relay_recovers() {
         // The running relay carries on with the repaired spool.
         let r = send(&relay, "repaired", 3_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
-        eventually(20, "delivered", || sink.count() == 2).await;
+        eventually("delivered", 20, || sink.count() == 2).await;
         // A restart sweeps the debris and delivers none of the refused.
         relay.kill();
         let mut relay = Relay::start(&h).await;

@@ -12,9 +12,8 @@ mod common;
 mod fake_upstream;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
 
-use common::binary::{Relay, run, within};
+use common::binary::{Relay, eventually, run, within};
 use common::*;
 use fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
 
@@ -114,17 +113,6 @@ fn got(fake: &FakeUpstream, tag: &str) -> usize {
         .count()
 }
 
-async fn eventually(secs: u64, what: &str, mut pred: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if pred() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out ({secs} s) waiting for {what}");
-}
-
 /// `queue list --json`: (state, last_reply) of each recipient of each message.
 fn queue_states(h: &Harness) -> Vec<(String, String)> {
     let out = run(&[
@@ -176,14 +164,14 @@ async fn deferred_and_retried(
     fake: &FakeUpstream,
     reply_has: &str,
 ) {
-    eventually(20, "deferred with the reply recorded", || {
+    eventually("deferred with the reply recorded", 20, || {
         queue_states(h)
             .iter()
             .any(|(state, reply)| state == "deferred" && reply.contains(reply_has))
     })
     .await;
     let before = fake.connections();
-    eventually(20, "a retry", || fake.connections() > before).await;
+    eventually("a retry", 20, || fake.connections() > before).await;
     assert!(relay.log().contains("attempt failed"), "{}", relay.log());
     assert!(relay.log().contains(reply_has), "{}", relay.log());
     assert_eq!(h.spooled().len(), 1, "still queued");
@@ -219,12 +207,12 @@ async fn a_megabyte_reply_line_fails_that_upstream_without_buffering_it() {
         let mut relay = Relay::start(&h).await;
         let base = peak_rss_kb(&relay);
         send_one(&relay, "mega").await;
-        eventually(20, "delivered by the next upstream", || {
+        eventually("delivered by the next upstream", 20, || {
             got(&good, "mega") == 1
         })
         .await;
         assert_eq!(got(&bad, "mega"), 1, "the content had reached the bad one");
-        eventually(20, "queue empty", || h.spool_files() == 0).await;
+        eventually("queue empty", 20, || h.spool_files() == 0).await;
         let log = relay.log();
         assert!(log.contains("reply line over 4096 bytes (DATA)"), "{log}");
         assert!(bad.record().flood_cut, "the relay hung up on the flood");
@@ -274,11 +262,11 @@ async fn an_endless_greeting_is_cut_off_at_the_bound() {
         let mut relay = Relay::start(&h).await;
         let base = peak_rss_kb(&relay);
         send_one(&relay, "endless").await;
-        eventually(20, "delivered by the next upstream", || {
+        eventually("delivered by the next upstream", 20, || {
             got(&good, "endless") == 1
         })
         .await;
-        eventually(20, "the flood cut off", || bad.record().flood_cut).await;
+        eventually("the flood cut off", 20, || bad.record().flood_cut).await;
         let sent = bad.record().flood_sent;
         let grown = peak_rss_kb(&relay).saturating_sub(base);
         eprintln!(
@@ -330,7 +318,7 @@ async fn bytes_after_the_starttls_220_fail_that_upstream_with_no_plaintext_fallb
         );
         let mut relay = Relay::start(&h).await;
         send_one(&relay, "injected").await;
-        eventually(20, "delivered by the next upstream", || {
+        eventually("delivered by the next upstream", 20, || {
             got(&good, "injected") == 1
         })
         .await;
@@ -392,7 +380,7 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
                 "connection closed by the upstream (DATA)",
             )
             .await;
-            eventually(20, "sent again", || got(&alone, "dropped") >= 2).await;
+            eventually("sent again", 20, || got(&alone, "dropped") >= 2).await;
             assert!(
                 queue_states(&h)
                     .iter()
@@ -419,8 +407,8 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
         );
         let mut relay = Relay::start(&h).await;
         send_one(&relay, "dropped2").await;
-        eventually(20, "delivered", || got(&good, "dropped2") == 1).await;
-        eventually(20, "queue empty", || h.spool_files() == 0).await;
+        eventually("delivered", 20, || got(&good, "dropped2") == 1).await;
+        eventually("queue empty", 20, || h.spool_files() == 0).await;
         // Observed: the next upstream is tried at once, in the same attempt
         // (retry_min is an hour). The first has a copy too: the duplicate.
         assert_eq!(got(&bad, "dropped2"), 1);
@@ -493,11 +481,11 @@ async fn a_421_mid_transaction_moves_to_the_next_upstream() {
             let mut relay = Relay::start(&h).await;
             let tag = format!("bye-{stage}");
             send_one(&relay, &tag).await;
-            eventually(20, "delivered by the next upstream", || {
+            eventually("delivered by the next upstream", 20, || {
                 got(&good, &tag) == 1
             })
             .await;
-            eventually(20, "queue empty", || h.spool_files() == 0).await;
+            eventually("queue empty", 20, || h.spool_files() == 0).await;
             assert!(relay.log().contains(bye), "{stage}: {}", relay.log());
             assert!(!relay.log().contains("bounce queued"), "{stage}: no bounce");
             if !stage.starts_with("content") {
