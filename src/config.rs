@@ -14,6 +14,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::address::Mailbox;
 use ipnet::IpNet;
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
@@ -23,6 +24,10 @@ use toml::Spanned;
 pub struct Config {
     /// Name in the banner, the EHLO reply and our Received headers.
     pub hostname: String,
+    /// Where `RCPT TO:<Postmaster>` (no domain, RFC 5321 §4.5.1) is relayed:
+    /// the `postmaster` key, else `postmaster@<hostname>`; `None` when the
+    /// hostname is not a mail domain (then that RCPT gets 550 5.1.1).
+    pub postmaster: Option<Mailbox>,
     pub listeners: Vec<ListenerConfig>,
     /// `None`: a self-signed ECDSA certificate is made at start.
     pub tls: Option<TlsConfig>,
@@ -73,6 +78,19 @@ pub struct AccessConfig {
     pub trusted_proxies: Vec<IpNet>,
     /// When set, only these MAIL FROM domains (and `<>`) are accepted from anyone.
     pub sender_domains: Option<Vec<String>>,
+    pub null_sender: NullSender,
+}
+
+/// Whether `MAIL FROM:<>` (delivery notifications, RFC 5321 §4.5.5) is
+/// accepted. It names no domain, so `sender_domains` cannot judge it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum NullSender {
+    /// Accepted from whoever may relay (bounces from Exchange need it).
+    #[default]
+    Allow,
+    /// Refused with `553 5.7.1`: for relays that carry only user mail.
+    Deny,
 }
 
 #[derive(Debug, Clone)]
@@ -208,6 +226,7 @@ impl std::error::Error for ConfigError {}
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     hostname: Option<String>,
+    postmaster: Option<String>,
     #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     tls: Option<RawTls>,
@@ -264,6 +283,7 @@ struct RawAccess {
     #[serde(default)]
     trusted_proxies: Vec<Spanned<IpNet>>,
     sender_domains: Option<Vec<String>>,
+    null_sender: Option<NullSender>,
 }
 
 #[derive(Deserialize)]
@@ -384,6 +404,19 @@ impl Config {
             }
             None => system_hostname(),
         };
+        let postmaster = match raw.postmaster {
+            Some(text) => match Mailbox::parse(&text) {
+                Ok(m) => Some(m),
+                Err(e) => {
+                    return Err(v.error_at_key(
+                        "postmaster",
+                        format!("{text:?} is not a mailbox: {e}"),
+                        "write a full address, e.g. \"postmaster@example.com\"",
+                    ));
+                }
+            },
+            None => Mailbox::from_parts("postmaster", &hostname).ok(),
+        };
 
         if raw.listener.is_empty() {
             return Err(v.error(
@@ -495,6 +528,7 @@ impl Config {
                 .map(Spanned::into_inner)
                 .collect(),
             sender_domains: raw.access.sender_domains.map(lowercase_all),
+            null_sender: raw.access.null_sender.unwrap_or_default(),
         };
 
         let mut users: Vec<UserConfig> = Vec::new();
@@ -655,6 +689,7 @@ impl Config {
 
         Ok(Config {
             hostname,
+            postmaster,
             listeners,
             tls,
             access,

@@ -23,9 +23,10 @@ pub enum SmtpError {
     BadSender,
     #[error("bad recipient address")]
     BadRecipient,
-    /// `<postmaster>` without a domain: we have no local mailboxes.
-    #[error("unqualified postmaster")]
-    UnqualifiedPostmaster,
+    /// `<Postmaster>` without a domain, and no `postmaster` address to
+    /// relay it to (the hostname is not a mail domain).
+    #[error("no postmaster address configured")]
+    NoPostmaster,
     /// RFC 6531 §3.4: a non-ASCII address needs the SMTPUTF8 parameter.
     #[error("non-ASCII address without SMTPUTF8")]
     NeedsSmtputf8,
@@ -107,10 +108,10 @@ impl SmtpError {
             Syntax(usage) => Reply::new(501, "5.5.4", format!("Syntax: {usage}")),
             BadSender => Reply::new(501, "5.1.7", "Bad sender address syntax"),
             BadRecipient => Reply::new(501, "5.1.3", "Bad recipient address syntax"),
-            UnqualifiedPostmaster => Reply::new(
+            NoPostmaster => Reply::new(
                 550,
                 "5.1.1",
-                "This relay has no local mailboxes; write postmaster@domain",
+                "No postmaster address is configured here; write postmaster@domain",
             ),
             NeedsSmtputf8 => Reply::new(553, "5.6.7", "Non-ASCII address requires SMTPUTF8"),
             UnsupportedParameter(p) => {

@@ -5,6 +5,7 @@
 //! rules), `spool` makes it durable. `config` is parsed once at start;
 //! `error` maps every refusal to its reply.
 
+pub mod address;
 pub mod auth;
 pub mod body;
 pub mod config;

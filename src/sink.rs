@@ -363,9 +363,11 @@ impl Conn {
             return Flow::Close;
         }
         // The relay's own parser, with its guards for smtp-proto's quirks
-        // (address literals, `<postmaster>`, NUL and bare CR).
+        // (RFC 5321 paths, NUL and bare CR); the path is kept as written.
         let request = match command::parse(line) {
             Ok(command::Parsed::Request(r)) => r,
+            Ok(command::Parsed::Mail(from, _)) => Request::Mail { from },
+            Ok(command::Parsed::Rcpt(to, _)) => Request::Rcpt { to },
             Ok(command::Parsed::Http) => return Flow::Close,
             Err(e) => {
                 self.reply(e.reply());

@@ -687,3 +687,34 @@ async fn aiosmtpd_with_a_name_its_certificate_lacks_gets_nothing() {
     assert_eq!(h.spooled().len(), 1);
     relay.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aiosmtpd_receives_quoted_local_parts_as_sent_and_nothing_is_lost() {
+    // Issue 11: `"john smith"@...` lost its quotes, aiosmtpd refused the
+    // unquoted `john smith@...` with 501, the bounce to it was refused too,
+    // and the message accepted with 250 was gone.
+    let port = free_port();
+    let h = Harness::new(&format!(
+        "{FAST_RETRY}{}ca_file = \"ca.pem\"\ntls_name = \"localhost\"\n",
+        upstream_toml(port, "required")
+    ));
+    let up = Aiosmtpd::start(
+        port,
+        &h.dir.path().join("server.crt"),
+        &h.dir.path().join("server.key"),
+    )
+    .await;
+    let relay = h.start().await;
+    let mut c = tls_session(relay.connect().await, &h.ca).await;
+    let from = "\"john smith\"@tenant.example";
+    let to = "\"jane \\\"jd\\\" doe\"@partner.example";
+    let r = send_data(&mut c, from, &[to], &message("quoted")).await;
+    assert_eq!(r.status(), "250 2.0.0");
+    c.cmd("QUIT", "221").await;
+    eventually("delivery to aiosmtpd", || up.received().len() == 1).await;
+    eventually("an empty queue", || h.spool_files() == 0).await;
+    let e = &up.received()[0].envelope;
+    assert_eq!(e["mail_from"], from, "{e}");
+    assert_eq!(e["rcpt_tos"], serde_json::json!([to]), "{e}");
+    relay.stop().await;
+}

@@ -408,7 +408,8 @@ async fn bad_input_gets_the_rfc_reply() {
     c.cmd("MAIL FROM:<jos\u{e9}@tenant.example> SMTPUTF8", "250")
         .await;
     c.cmd("MAIL FROM:<a@b.example>", "503 5.5.1").await;
-    c.cmd("RCPT TO:<Postmaster>", "550 5.1.1").await;
+    // RFC 5321 §4.5.1: relayed to postmaster@<hostname>.
+    c.cmd("RCPT TO:<Postmaster>", "250 2.1.5").await;
     c.cmd("RCPT TO:<>", "501 5.1.3").await;
     c.cmd(&format!("RCPT TO:<{TO}> NOTIFY=NEVER,SUCCESS"), "501 5.5.4")
         .await;

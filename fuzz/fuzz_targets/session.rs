@@ -24,7 +24,10 @@
 //! spooled message reads back consistent (envelope, size, CRLF only, no NUL,
 //! within the recipient limit) and no temporary file is left behind; no
 //! message is accepted from outside the relay networks without AUTH, without
-//! TLS where it is required, or with AUTH outside TLS.
+//! TLS where it is required, or with AUTH outside TLS; what an upstream reads
+//! for a spooled message's MAIL and RCPTs (as the outbound client writes
+//! them) parses back to the very mailboxes and parameters the relay's
+//! policy judged, and that sender passes the sender-domain rules.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -34,7 +37,17 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use rustls::pki_types::ServerName;
+use smarthost::address::{Mailbox, Path as MailPath};
 use smarthost::config::{Config, ListenerConfig, ListenerTls};
+use smarthost::outbound::Capabilities;
+use smarthost::outbound::client::{mail_command, rcpt_command, wire_path};
+use smarthost::policy;
+use smarthost::session::command::{self, Parsed};
+use smarthost::spool::Envelope;
+use smtp_proto::{
+    MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE,
+    RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
+};
 use smarthost::server::ServerContext;
 use smarthost::session::Session;
 use smarthost::spool::Spool;
@@ -146,6 +159,7 @@ private_key = "server.key"
 
 [access]
 relay_networks = ["127.0.0.0/8"]
+sender_domains = ["contoso.com", "b.example", "b"]
 
 [queue]
 path = "spool-{mode}"
@@ -478,7 +492,73 @@ fn check_spool(ctx: &ServerContext, spool: &Spool, queued: &BTreeSet<String>, mu
             "{} recipients",
             env.recipients.len()
         );
+        check_upstream_view(ctx, &env);
     }
     assert_eq!(debris, 0, "temporary files left in the spool");
     assert_eq!(&listed, queued, "spool and 250 replies disagree");
+}
+
+/// The MAIL and RCPT lines the outbound client writes for `env`, read back
+/// by an RFC 5321 parser (ours): the same mailboxes the session stored and
+/// judged, and no parameter the client did not give.
+fn check_upstream_view(ctx: &ServerContext, env: &Envelope) {
+    let caps = Capabilities::from_ehlo(
+        b"250-up.test\r\n250-SIZE 100000\r\n250-8BITMIME\r\n250-SMTPUTF8\r\n250 DSN\r\n",
+    );
+    let utf8 = env.params.smtputf8
+        || !env.sender.is_ascii()
+        || env.recipients.iter().any(|r| !r.address.is_ascii());
+    let sender = wire_path(&env.sender).expect("a spooled sender has a wire form");
+    let line = mail_command(&sender, env, &caps, env.size as usize, utf8);
+    let Ok(Parsed::Mail(from, path)) = command::parse(line.as_bytes()) else {
+        panic!("the upstream cannot read our MAIL: {line:?}");
+    };
+    let judged = match env.sender.as_str() {
+        "" => MailPath::Null,
+        s => MailPath::Mailbox(Mailbox::parse(s).expect("a stored sender parses")),
+    };
+    assert_eq!(path, judged, "MAIL reads back as another sender: {line:?}");
+    let user = env.client.auth.as_deref().and_then(|n| ctx.users.get(n));
+    let mailbox = match &path {
+        MailPath::Mailbox(m) => Some(m),
+        _ => None,
+    };
+    assert!(
+        policy::sender_allowed(&ctx.config.access, user, mailbox),
+        "relayed from a sender the policy refuses: {line:?}"
+    );
+    assert_eq!(from.env_id, env.params.envid, "{line:?}");
+    assert_eq!(from.size, env.size as usize, "{line:?}");
+    let ret = env.params.ret.as_deref().map(str::to_ascii_uppercase);
+    assert_eq!(from.flags & MAIL_RET_FULL != 0, ret.as_deref() == Some("FULL"));
+    assert_eq!(from.flags & MAIL_RET_HDRS != 0, ret.as_deref() == Some("HDRS"));
+    assert_eq!(from.flags & MAIL_SMTPUTF8 != 0, utf8, "{line:?}");
+    for r in &env.recipients {
+        let address = wire_path(&r.address).expect("a stored recipient has a wire form");
+        let line = rcpt_command(&address, r, true);
+        let Ok(Parsed::Rcpt(to, path)) = command::parse(line.as_bytes()) else {
+            panic!("the upstream cannot read our RCPT: {line:?}");
+        };
+        let judged = Mailbox::parse(&r.address).expect("a stored recipient parses");
+        assert_eq!(path, MailPath::Mailbox(judged), "RCPT reads back as another: {line:?}");
+        let notify = [
+            (RCPT_NOTIFY_NEVER, "NEVER"),
+            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+            (RCPT_NOTIFY_FAILURE, "FAILURE"),
+            (RCPT_NOTIFY_DELAY, "DELAY"),
+        ]
+        .iter()
+        .filter(|(flag, _)| to.flags & flag != 0)
+        .map(|(_, name)| (*name).to_owned())
+        .collect::<Vec<_>>();
+        assert_eq!(
+            notify,
+            r.notify.clone().unwrap_or_default(),
+            "NOTIFY differs: {line:?}"
+        );
+        assert!(
+            to.orcpt.is_none() || to.orcpt == r.orcpt,
+            "ORCPT differs: {line:?}"
+        );
+    }
 }

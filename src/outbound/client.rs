@@ -8,6 +8,7 @@
 //! and the connection must not be used again. Per-recipient verdicts, good or
 //! bad, come back as `Ok` replies.
 
+use crate::address::Mailbox;
 use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
@@ -322,18 +323,22 @@ impl Connection {
                 "the message needs SMTPUTF8, which the upstream does not support",
             ));
         }
-        if has_control(&envelope.sender) {
+        let Some(sender) = wire_path(&envelope.sender) else {
             return all(UpstreamReply::synthetic(
                 553,
                 "5.1.7",
                 "invalid sender address",
             ));
-        }
+        };
         let message = stuffing::canonical(message);
-        let mail = mail_command(envelope, caps, message.len(), needs_utf8);
+        let mail = mail_command(&sender, envelope, caps, message.len(), needs_utf8);
         let rcpts: Vec<Option<String>> = recipients
             .iter()
-            .map(|r| (!has_control(&r.address)).then(|| rcpt_command(r, caps.dsn)))
+            .map(|r| {
+                wire_path(&r.address)
+                    .filter(|a| !a.is_empty())
+                    .map(|a| rcpt_command(&a, r, caps.dsn))
+            })
             .collect();
         let t = self.options.command_timeout;
 
@@ -620,9 +625,16 @@ async fn authenticate(
     }
 }
 
-/// `MAIL FROM:<sender>` and the parameters the upstream understands.
-fn mail_command(envelope: &Envelope, caps: &Capabilities, size: usize, utf8: bool) -> String {
-    let mut cmd = format!("MAIL FROM:<{}>", envelope.sender);
+/// `MAIL FROM:<sender>` and the parameters the upstream understands;
+/// `sender` is a `wire_path`.
+pub fn mail_command(
+    sender: &str,
+    envelope: &Envelope,
+    caps: &Capabilities,
+    size: usize,
+    utf8: bool,
+) -> String {
+    let mut cmd = format!("MAIL FROM:<{sender}>");
     if caps.size.is_some() {
         cmd += &format!(" SIZE={size}");
     }
@@ -650,9 +662,10 @@ fn mail_command(envelope: &Envelope, caps: &Capabilities, size: usize, utf8: boo
     cmd + "\r\n"
 }
 
-/// `RCPT TO:<address>` with NOTIFY and ORCPT when the upstream offers DSN.
-fn rcpt_command(r: &Recipient, dsn: bool) -> String {
-    let mut cmd = format!("RCPT TO:<{}>", r.address);
+/// `RCPT TO:<address>` with NOTIFY and ORCPT when the upstream offers DSN;
+/// `address` is a `wire_path`.
+pub fn rcpt_command(address: &str, r: &Recipient, dsn: bool) -> String {
+    let mut cmd = format!("RCPT TO:<{address}>");
     if dsn {
         if let Some(notify) = &r.notify {
             let notify: Vec<&str> = notify
@@ -689,10 +702,22 @@ fn is_keyword(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
-/// A control character would end the command early (CRLF) or confuse the
-/// upstream: never put one in a command, whatever the spool holds.
-fn has_control(s: &str) -> bool {
-    s.chars().any(char::is_control)
+/// What goes between `<` and `>` for a stored address: the mailbox parsed
+/// again and written in its wire form, so nothing but one mailbox reaches the
+/// upstream there (no `>`, space, CRLF or parameter), whatever the spool
+/// holds. A spool written before local parts kept their quotes holds
+/// `john smith@example.com`: quoted again here. `None`: unusable.
+pub fn wire_path(stored: &str) -> Option<String> {
+    if stored.is_empty() {
+        return Some(String::new());
+    }
+    if let Ok(m) = Mailbox::parse(stored) {
+        return Some(m.to_string());
+    }
+    let (local, domain) = stored.rsplit_once('@')?;
+    Mailbox::from_parts(local, domain)
+        .ok()
+        .map(|m| m.to_string())
 }
 
 /// 421 (RFC 5321 §3.8): the upstream is closing the connection. Whatever it

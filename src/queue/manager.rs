@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::address::Printable;
 use crate::config::{Config, QueueConfig};
 use crate::outbound::client::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
@@ -105,14 +106,11 @@ impl Delivery {
         self.upstreams.iter().map(|u| u.name.as_str())
     }
 
-    /// Whether mail from `sender` has somewhere to go: a route for its domain
-    /// or a default route (or no upstreams at all, when mail is kept queued).
-    pub fn routable(&self, sender: &str) -> bool {
-        self.upstreams.is_empty()
-            || self
-                .routes
-                .for_domain(domain_of(sender).as_deref())
-                .is_some()
+    /// Whether mail from a sender in `domain` (lower case; `None` for `<>`)
+    /// has somewhere to go: a route for its domain or a default route (or no
+    /// upstreams at all, when mail is kept queued).
+    pub fn routable(&self, domain: Option<&str>) -> bool {
+        self.upstreams.is_empty() || self.routes.for_domain(domain).is_some()
     }
 }
 
@@ -334,7 +332,7 @@ impl Delivery {
             };
             let upstream_name = upstream.map(|u| self.upstreams[u].name.clone());
             r.status = if reply.is_positive() {
-                info!(queue_id = %id, rcpt = %r.address, upstream = upstream_name.as_deref().unwrap_or(""), reply = %reply, "delivered");
+                info!(queue_id = %id, rcpt = %Printable(&r.address), upstream = upstream_name.as_deref().unwrap_or(""), reply = %reply, "delivered");
                 if !upstream_dsn {
                     notices.push((i, upstream_name.clone(), Action::Relayed));
                 }
@@ -353,11 +351,11 @@ impl Delivery {
                         humantime::format_duration(self.queue.max_lifetime)
                     )
                 };
-                warn!(queue_id = %id, rcpt = %r.address, reply = %reply, "failed");
+                warn!(queue_id = %id, rcpt = %Printable(&r.address), reply = %reply, "failed");
                 notices.push((i, upstream_name.clone(), Action::Failed));
                 RecipientStatus::Failed { reply, at: now }
             } else {
-                info!(queue_id = %id, rcpt = %r.address, reply = %reply, attempts, retry_in = next_attempt - now, "deferred");
+                info!(queue_id = %id, rcpt = %Printable(&r.address), reply = %reply, attempts, retry_in = next_attempt - now, "deferred");
                 RecipientStatus::Deferred {
                     reply: reply.to_string(),
                     attempts,
@@ -503,7 +501,7 @@ impl Delivery {
         };
         match self.spool.store(&bounce, body).await {
             Ok(()) => {
-                info!(queue_id = %id, original = %env.id, to = %env.sender, "bounce queued");
+                info!(queue_id = %id, original = %env.id, to = %Printable(&env.sender), "bounce queued");
                 self.handle.submit(id);
                 true
             }

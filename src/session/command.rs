@@ -5,16 +5,16 @@
 //! - `BDAT` with an over-long number: smtp-proto's saturating size parser wraps
 //!   to a small value after `usize::MAX`, which would desynchronise the stream,
 //!   so the digits are checked first.
-//! - `<postmaster>` parses as an empty address, which would make
-//!   `MAIL FROM:<postmaster>` a null sender; the raw path is checked.
-//! - Address literals (`user@[192.0.2.1]`, RFC 5321 §4.1.3) are refused by its
-//!   address parser; a valid literal is swapped for a placeholder domain for
-//!   parsing and put back after.
+//! - MAIL and RCPT paths are parsed by `address::Path`, not smtp-proto, which
+//!   drops a Quoted-string's quotes (so `"a> X=1"@b` would later be relayed as
+//!   `a> X=1@b`), takes `foo@` for an address and refuses address literals.
+//!   smtp-proto sees `<>` in the path's place and parses only the parameters.
 //! - NUL and bare CR: the parser drops CRs; RFC 5321 §2.3.8 says commands end in
 //!   CRLF and nothing else, so both are refused before parsing.
 
-use smtp_proto::{Error as ParseError, Request};
+use smtp_proto::{Error as ParseError, MailFrom, RcptTo, Request};
 
+use crate::address::Path;
 use crate::error::SmtpError;
 
 /// RFC 5321 §4.5.3.1.4 allows 512 octets; extensions (SMTPUTF8 addresses,
@@ -31,6 +31,10 @@ const HTTP_VERBS: &[&str] = &[
 #[derive(Debug)]
 pub enum Parsed {
     Request(Request<String>),
+    /// MAIL: the parameters, and the reverse-path (a mailbox or `Null`).
+    Mail(MailFrom<String>, Path),
+    /// RCPT: the parameters, and the forward-path (a mailbox or `Postmaster`).
+    Rcpt(RcptTo<String>, Path),
     /// Close without a reply.
     Http,
 }
@@ -55,19 +59,21 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         check_bdat_size(body)?;
     }
 
-    let literal = address_literal(body);
-    let rewritten;
-    let line = match &literal {
-        // `range` indexes `body`, a prefix of `line`.
-        Some((_, range)) => {
-            let mut l = line.to_vec();
-            l.splice(range.clone(), LITERAL_PLACEHOLDER.bytes());
-            rewritten = l;
-            &rewritten[..]
+    let path = match mail_path(body, verb)? {
+        Some((range, path)) => {
+            // The path is replaced by `<>`, which smtp-proto takes for MAIL and
+            // RCPT alike, so it parses the parameters only.
+            let mut rewritten = Vec::with_capacity(line.len());
+            rewritten.extend_from_slice(&body[..range.start]);
+            rewritten.extend_from_slice(b"<>");
+            rewritten.extend_from_slice(&body[range.end..]);
+            rewritten.extend_from_slice(b"\r\n");
+            Some((rewritten, path))
         }
-        None => line,
+        None => None,
     };
-    let request = Request::parse(&mut line.iter()).map_err(|e| match e {
+    let parse_input = path.as_ref().map_or(line, |(l, _)| &l[..]);
+    let request = Request::parse(&mut parse_input.iter()).map_err(|e| match e {
         ParseError::UnknownCommand => SmtpError::UnknownCommand,
         ParseError::InvalidSenderAddress => SmtpError::BadSender,
         ParseError::InvalidRecipientAddress => SmtpError::BadRecipient,
@@ -87,70 +93,94 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
         }
     })?;
 
-    let request = match request.into_owned() {
-        Request::Mail { from } if from.address.is_empty() && !raw_path_is_empty(body) => {
-            return Err(SmtpError::BadSender);
+    Ok(match (request.into_owned(), path) {
+        (Request::Mail { mut from }, Some((_, path))) => {
+            from.address = match &path {
+                Path::Null => String::new(),
+                Path::Mailbox(m) => m.to_string(),
+                // Reverse-path = Path / "<>": a mailbox needs a domain.
+                Path::Postmaster => return Err(SmtpError::BadSender),
+            };
+            Parsed::Mail(from, path)
         }
-        Request::Rcpt { to } if to.address.is_empty() => {
-            return Err(if raw_path_is_empty(body) {
-                SmtpError::BadRecipient
-            } else {
-                SmtpError::UnqualifiedPostmaster
-            });
+        (Request::Rcpt { mut to }, Some((_, path))) => {
+            to.address = match &path {
+                Path::Mailbox(m) => m.to_string(),
+                Path::Postmaster => "postmaster".to_owned(),
+                Path::Null => return Err(SmtpError::BadRecipient),
+            };
+            Parsed::Rcpt(to, path)
         }
-        other => other,
-    };
-    let request = match (request, literal) {
-        (Request::Mail { mut from }, Some((literal, _))) => {
-            from.address = from.address.replace(LITERAL_PLACEHOLDER, &literal);
-            Request::Mail { from }
-        }
-        (Request::Rcpt { mut to }, Some((literal, _))) => {
-            to.address = to.address.replace(LITERAL_PLACEHOLDER, &literal);
-            Request::Rcpt { to }
-        }
-        (request, _) => request,
-    };
-    Ok(Parsed::Request(request))
+        // `mail_path` found no MAIL/RCPT verb, yet smtp-proto read one: never
+        // let an address through that `Path` did not judge.
+        (Request::Mail { .. }, None) => return Err(SmtpError::BadSender),
+        (Request::Rcpt { .. }, None) => return Err(SmtpError::BadRecipient),
+        (request, _) => Parsed::Request(request),
+    })
 }
 
-/// Stands in for an address literal while smtp-proto parses the line.
-const LITERAL_PLACEHOLDER: &str = "address-literal.invalid";
-
-/// A valid `[IPv4]` or `[IPv6:...]` domain after `@` in a MAIL or RCPT line:
-/// the literal and the byte range it occupies.
-fn address_literal(line: &[u8]) -> Option<(String, std::ops::Range<usize>)> {
-    let verb = line.get(..4)?;
-    if !verb.eq_ignore_ascii_case(b"MAIL") && !verb.eq_ignore_ascii_case(b"RCPT") {
-        return None;
-    }
-    let start = line.windows(2).position(|w| w == b"@[")? + 1;
-    let end = start + line[start..].iter().position(|&b| b == b']')? + 1;
-    let literal = std::str::from_utf8(&line[start..end]).ok()?;
-    let inner = &literal[1..literal.len() - 1];
-    let valid = match inner.get(..5) {
-        Some(p) if p.eq_ignore_ascii_case("IPv6:") => {
-            inner[5..].parse::<std::net::Ipv6Addr>().is_ok()
-        }
-        _ => inner.parse::<std::net::Ipv4Addr>().is_ok(),
+/// For a MAIL or RCPT line: where its path (`<...>`, brackets included) is,
+/// and what it names. `None` for other verbs.
+fn mail_path(
+    body: &[u8],
+    verb: &[u8],
+) -> Result<Option<(std::ops::Range<usize>, Path)>, SmtpError> {
+    let verb = verb.split(|&b| b == b':').next().unwrap_or_default();
+    let mail = verb.eq_ignore_ascii_case(b"MAIL");
+    let (keyword, syntax): (&[u8], _) = if mail {
+        (b"MAILFROM", "MAIL FROM:<reverse-path> [parameters]")
+    } else if verb.eq_ignore_ascii_case(b"RCPT") {
+        (b"RCPTTO", "RCPT TO:<forward-path> [parameters]")
+    } else {
+        return Ok(None);
     };
-    valid.then(|| (literal.to_owned(), start..end))
+    let bad = || match mail {
+        true => SmtpError::BadSender,
+        false => SmtpError::BadRecipient,
+    };
+    let Some(colon) = body.iter().position(|&b| b == b':') else {
+        return Err(SmtpError::Syntax(syntax));
+    };
+    let head: Vec<u8> = body[..colon]
+        .iter()
+        .copied()
+        .filter(|&b| b != b' ')
+        .collect();
+    if !head.eq_ignore_ascii_case(keyword) {
+        return Err(SmtpError::Syntax(syntax));
+    }
+    let open = colon + 1 + body[colon + 1..].iter().take_while(|&&b| b == b' ').count();
+    if body.get(open) != Some(&b'<') {
+        return Err(SmtpError::Syntax(syntax));
+    }
+    // The closing `>` is the first outside a Quoted-string.
+    let mut quoted = false;
+    let mut escaped = false;
+    let mut close = None;
+    for (i, &b) in body.iter().enumerate().skip(open + 1) {
+        match b {
+            _ if escaped => escaped = false,
+            b'\\' if quoted => escaped = true,
+            b'"' => quoted = !quoted,
+            b'>' if !quoted => {
+                close = Some(i);
+                break;
+            }
+            _ => {}
+        }
+    }
+    let close = close.ok_or_else(bad)?;
+    let inner =
+        std::str::from_utf8(&body[open + 1..close]).map_err(|_| SmtpError::BadCharacters)?;
+    let path = Path::parse(inner).map_err(|e| {
+        tracing::debug!("refused path: {e}");
+        bad()
+    })?;
+    Ok(Some((open..close + 1, path)))
 }
 
 fn has_argument(line: &[u8]) -> bool {
     line.split(|&b| b == b' ').filter(|t| !t.is_empty()).count() > 1
-}
-
-/// True when the path between `<` and `>` is empty (`<>`), as opposed to
-/// `<postmaster>`, which smtp-proto also returns as empty.
-fn raw_path_is_empty(line: &[u8]) -> bool {
-    let Some(open) = line.iter().position(|&b| b == b'<') else {
-        return false;
-    };
-    let rest = &line[open + 1..];
-    rest.iter()
-        .position(|&b| b == b'>')
-        .is_some_and(|close| rest[..close].iter().all(u8::is_ascii_whitespace))
 }
 
 /// Refuses chunk sizes smtp-proto cannot represent (more than 19 significant
@@ -177,7 +207,16 @@ mod tests {
     fn req(line: &str) -> Result<Request<String>, SmtpError> {
         match parse(line.as_bytes())? {
             Parsed::Request(r) => Ok(r),
+            Parsed::Mail(from, _) => Ok(Request::Mail { from }),
+            Parsed::Rcpt(to, _) => Ok(Request::Rcpt { to }),
             Parsed::Http => panic!("http"),
+        }
+    }
+
+    fn path(line: &str) -> Result<Path, SmtpError> {
+        match parse(line.as_bytes())? {
+            Parsed::Mail(_, p) | Parsed::Rcpt(_, p) => Ok(p),
+            other => panic!("{other:?}"),
         }
     }
 
@@ -187,14 +226,10 @@ mod tests {
             req("MAIL FROM:<postmaster>\r\n"),
             Err(SmtpError::BadSender)
         ));
-        match req("MAIL FROM:<>\r\n").unwrap() {
-            Request::Mail { from } => assert_eq!(from.address, ""),
-            r => panic!("{r:?}"),
-        }
-        assert!(matches!(
-            req("RCPT TO:<Postmaster>\r\n"),
-            Err(SmtpError::UnqualifiedPostmaster)
-        ));
+        assert_eq!(path("MAIL FROM:<>\r\n").unwrap(), Path::Null);
+        assert_eq!(path("MAIL  FROM : < >\r\n").unwrap(), Path::Null);
+        // RFC 5321 §4.5.1: accepted without a domain, any case.
+        assert_eq!(path("RCPT TO:<Postmaster>\r\n").unwrap(), Path::Postmaster);
         assert!(matches!(
             req("RCPT TO:<>\r\n"),
             Err(SmtpError::BadRecipient)
@@ -218,6 +253,80 @@ mod tests {
             req("MAIL FROM:<a@[999.1.1.1]>\r\n"),
             Err(SmtpError::BadSender)
         ));
+    }
+
+    #[test]
+    fn quoted_local_parts_keep_their_quotes_and_parameters_stay_outside() {
+        let line = "MAIL FROM:<\"ceo@evil.test> AUTH=ceo@evil.test ENVID=x\"@good.test> SIZE=5\r\n";
+        match parse(line.as_bytes()).unwrap() {
+            Parsed::Mail(from, Path::Mailbox(m)) => {
+                assert_eq!(m.domain(), "good.test");
+                assert_eq!(m.local_part(), "ceo@evil.test> AUTH=ceo@evil.test ENVID=x");
+                assert_eq!(from.address, m.to_string());
+                assert_eq!(from.size, 5);
+                assert_eq!(from.env_id, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let line = "RCPT TO:<\"v@dest.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x\"@dest.test>\r\n";
+        match parse(line.as_bytes()).unwrap() {
+            Parsed::Rcpt(to, Path::Mailbox(m)) => {
+                assert_eq!(to.flags, 0, "no NOTIFY was given");
+                assert_eq!(to.orcpt, None);
+                assert_eq!(
+                    m.local_part(),
+                    "v@dest.test> NOTIFY=SUCCESS,DELAY ORCPT=rfc822;x"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        // A `>` inside quotes does not end the path; an escaped quote does not
+        // end the Quoted-string.
+        assert_eq!(
+            req("RCPT TO:<\"a\\\">b\"@c.test> NOTIFY=NEVER\r\n").unwrap(),
+            Request::Rcpt {
+                to: RcptTo {
+                    address: "\"a\\\">b\"@c.test".into(),
+                    flags: smtp_proto::RCPT_NOTIFY_NEVER,
+                    ..Default::default()
+                }
+            }
+        );
+    }
+
+    #[test]
+    fn empty_domains_and_malformed_paths_are_refused() {
+        for line in [
+            "MAIL FROM:<foo@>\r\n",
+            "MAIL FROM:<foo>\r\n",
+            "MAIL FROM:<\"unterminated@a.test>\r\n",
+            "MAIL FROM:<a@b.test\r\n",
+            "MAIL FROM:<a\u{85}b@c.test> SMTPUTF8\r\n",
+        ] {
+            assert!(matches!(req(line), Err(SmtpError::BadSender)), "{line:?}");
+        }
+        for line in ["RCPT TO:<user@>\r\n", "RCPT TO:<a@b.test> <c@d.test>\r\n"] {
+            assert!(
+                matches!(
+                    req(line),
+                    Err(SmtpError::BadRecipient
+                        | SmtpError::Syntax(_)
+                        | SmtpError::UnsupportedParameter(_))
+                ),
+                "{line:?}"
+            );
+        }
+        assert!(matches!(
+            req("RCPT TO:<user@>\r\n"),
+            Err(SmtpError::BadRecipient)
+        ));
+        for line in [
+            "MAIL FROM:a@b.test\r\n",
+            "MAIL TO:<a@b.test>\r\n",
+            "RCPT <a@b.test>\r\n",
+        ] {
+            assert!(matches!(req(line), Err(SmtpError::Syntax(_))), "{line:?}");
+        }
     }
 
     #[test]

@@ -7,13 +7,14 @@ use smtp_proto::{
 };
 
 use super::{Session, Transaction};
+use crate::address::{Mailbox, Path};
 use crate::error::SmtpError;
 use crate::policy;
 use crate::reply::Reply;
 use crate::spool::MailParams;
 
 impl Session {
-    pub(super) fn mail(&mut self, from: MailFrom<String>) -> Result<Reply, SmtpError> {
+    pub(super) fn mail(&mut self, from: MailFrom<String>, path: Path) -> Result<Reply, SmtpError> {
         if self.greeting.is_none() {
             return Err(SmtpError::BadSequence("send EHLO or HELO first"));
         }
@@ -21,8 +22,13 @@ impl Session {
             return Err(SmtpError::BadSequence("nested MAIL command"));
         }
         reject_unoffered_parameters(&from)?;
+        let sender = match path {
+            Path::Null => None,
+            Path::Mailbox(m) => Some(m),
+            Path::Postmaster => return Err(SmtpError::BadSender),
+        };
         let smtputf8 = from.flags & MAIL_SMTPUTF8 != 0;
-        if !smtputf8 && !from.address.is_ascii() {
+        if !smtputf8 && sender.as_ref().is_some_and(|m| !m.is_ascii()) {
             return Err(SmtpError::NeedsSmtputf8);
         }
         let limit = self.ctx.config.limits.max_message_size;
@@ -36,8 +42,9 @@ impl Session {
             .and_then(|name| self.ctx.users.get(name));
         // Also refused: a sender no route takes (routes by sender domain
         // without a default route), rather than accepted and bounced later.
-        if !policy::sender_allowed(&self.ctx.config.access, user, &from.address)
-            || !self.ctx.delivery.routable(&from.address)
+        let domain = sender.as_ref().map(Mailbox::domain_lowercase);
+        if !policy::sender_allowed(&self.ctx.config.access, user, sender.as_ref())
+            || !self.ctx.delivery.routable(domain.as_deref())
         {
             return Err(SmtpError::SenderDenied);
         }
@@ -49,7 +56,8 @@ impl Session {
             None
         };
         self.txn = Some(Transaction {
-            sender: from.address,
+            // The wire form: what the upstream will read back as `sender`.
+            sender: sender.map(|m| m.to_string()).unwrap_or_default(),
             params: MailParams {
                 declared_size: (from.size > 0).then_some(from.size as u64),
                 body,

@@ -6,7 +6,7 @@
 //! per-verb handlers live in the sibling files (`ehlo.rs`, `mail.rs`, ...).
 
 mod auth;
-pub(crate) mod command;
+pub mod command;
 mod data;
 mod ehlo;
 mod mail;
@@ -427,8 +427,10 @@ impl Session {
 
     /// Parses and runs one command line.
     async fn command(&mut self, line: &[u8]) -> Flow {
-        let request = match command::parse(line) {
-            Ok(command::Parsed::Request(r)) => r,
+        let (request, path) = match command::parse(line) {
+            Ok(command::Parsed::Request(r)) => (r, None),
+            Ok(command::Parsed::Mail(from, path)) => (Request::Mail { from }, Some(path)),
+            Ok(command::Parsed::Rcpt(to, path)) => (Request::Rcpt { to }, Some(path)),
             Ok(command::Parsed::Http) => {
                 info!(client = %self.peer, "HTTP request on the SMTP port; closing");
                 return Flow::Close;
@@ -467,8 +469,15 @@ impl Session {
         let result = match request {
             Request::Ehlo { host } => Ok(self.ehlo(host, true)),
             Request::Helo { host } => Ok(self.ehlo(host, false)),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
+            // `command::parse` returns MAIL and RCPT with their parsed path.
+            Request::Mail { from } => match path {
+                Some(path) => self.mail(from, path),
+                None => Err(SmtpError::BadSender),
+            },
+            Request::Rcpt { to } => match path {
+                Some(path) => self.rcpt(to, path),
+                None => Err(SmtpError::BadRecipient),
+            },
             Request::Data => self.data(),
             Request::Rset => {
                 self.txn = None;

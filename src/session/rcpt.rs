@@ -6,13 +6,14 @@ use smtp_proto::{
 };
 
 use super::Session;
+use crate::address::Path;
 use crate::error::SmtpError;
 use crate::policy;
 use crate::reply::Reply;
 use crate::spool::{Recipient, RecipientStatus};
 
 impl Session {
-    pub(super) fn rcpt(&mut self, to: RcptTo<String>) -> Result<Reply, SmtpError> {
+    pub(super) fn rcpt(&mut self, to: RcptTo<String>, path: Path) -> Result<Reply, SmtpError> {
         let max = self.ctx.config.limits.max_recipients;
         let may_relay = policy::may_relay(
             &self.ctx.config.access,
@@ -45,7 +46,18 @@ impl Session {
         .filter(|(flag, _)| to.flags & flag != 0)
         .map(|(_, name)| (*name).to_owned())
         .collect();
-        if !txn.params.smtputf8 && !to.address.is_ascii() {
+        let mailbox = match path {
+            Path::Mailbox(m) => m,
+            // RFC 5321 §4.5.1: `<Postmaster>` without a domain MUST be
+            // accepted. A relay has no mailbox of its own, so it goes where
+            // `postmaster` names, under the same relay rules as any other.
+            Path::Postmaster => match &self.ctx.config.postmaster {
+                Some(m) => m.clone(),
+                None => return Err(SmtpError::NoPostmaster),
+            },
+            Path::Null => return Err(SmtpError::BadRecipient),
+        };
+        if !txn.params.smtputf8 && !mailbox.is_ascii() {
             return Err(SmtpError::NeedsSmtputf8);
         }
         if !may_relay {
@@ -56,7 +68,8 @@ impl Session {
             return Err(SmtpError::TooManyRecipients);
         }
         txn.recipients.push(Recipient {
-            address: to.address,
+            // The wire form: what the upstream will read back.
+            address: mailbox.to_string(),
             orcpt: to.orcpt,
             notify: (!notify.is_empty()).then_some(notify),
             status: RecipientStatus::Pending,
