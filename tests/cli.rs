@@ -100,9 +100,11 @@ fn check_config_accepts_a_good_config_and_summarises_it() {
     let h = Harness::new("");
     let path = h.dir.path().join("good.toml");
     std::fs::write(&path, GOOD).unwrap();
+    chmod(&h.dir.path().join("server.key"), 0o600);
     let out = check_config(&path);
     assert!(out.status.success(), "{} / {}", out.stdout, out.stderr);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
     for expected in [
         "ok",
         "hostname: relay.test",
