@@ -9,13 +9,13 @@
 //! Every error names the file, the line, the key and the fix (`ConfigError`).
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::address::Mailbox;
-use ipnet::IpNet;
+use ipnet::{IpNet, Ipv6Net};
 use serde::{Deserialize, Deserializer};
 use toml::Spanned;
 
@@ -263,14 +263,14 @@ fn yes() -> bool {
 #[serde(deny_unknown_fields)]
 struct RawCertificate {
     certificate: PathBuf,
-    private_key: PathBuf,
+    private_key: Spanned<PathBuf>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
     certificate: PathBuf,
-    private_key: PathBuf,
+    private_key: Spanned<PathBuf>,
     #[serde(default)]
     additional: Vec<RawCertificate>,
 }
@@ -327,11 +327,11 @@ struct RawQueue {
 struct RawUpstream {
     name: String,
     address: Spanned<String>,
-    tls: UpstreamTls,
+    tls: Spanned<UpstreamTls>,
     ca_file: Option<PathBuf>,
     tls_name: Option<String>,
     username: Option<String>,
-    password_file: Option<PathBuf>,
+    password_file: Option<Spanned<PathBuf>>,
 }
 
 #[derive(Deserialize)]
@@ -452,14 +452,32 @@ impl Config {
         }
 
         let tls = raw.tls.map(|t| {
+            let mut key = |k: Spanned<PathBuf>, name: &str| {
+                let line = v.line(k.span().start);
+                let path = resolve(k.into_inner());
+                if let Some(mode) = loose_mode(&path) {
+                    warnings.push(v.warning(
+                        line,
+                        name,
+                        &format!(
+                            "{} has mode {mode:04o}, wider than 0640: other local users may read the private key",
+                            path.display()
+                        ),
+                        &format!("chmod 600 {}", path.display()),
+                    ));
+                }
+                path
+            };
             let mut certificates = vec![CertificatePaths {
                 certificate: resolve(t.certificate),
-                private_key: resolve(t.private_key),
+                private_key: key(t.private_key, "tls.private_key"),
             }];
-            certificates.extend(t.additional.into_iter().map(|c| CertificatePaths {
-                certificate: resolve(c.certificate),
-                private_key: resolve(c.private_key),
-            }));
+            for c in t.additional {
+                certificates.push(CertificatePaths {
+                    certificate: resolve(c.certificate),
+                    private_key: key(c.private_key, "tls.additional.private_key"),
+                });
+            }
             TlsConfig { certificates }
         });
         if tls.is_none() {
@@ -480,18 +498,26 @@ impl Config {
         {
             *net.get_mut() = canonical_net(*net.get_ref());
         }
+        if let Some((who, line)) = v.full_cover(&raw.access.relay_networks) {
+            return Err(v.error(
+                line,
+                "access.relay_networks",
+                format!("{who} on the Internet relay: an open relay"),
+                "list only your own mail servers' networks, e.g. \"192.0.2.10/32\"",
+            ));
+        }
+        if let Some((who, line)) = v.full_cover(&raw.access.trusted_proxies) {
+            return Err(v.error(
+                line,
+                "access.trusted_proxies",
+                format!(
+                    "{who} send a PROXY header that claims any source \
+                     address (127.0.0.1 or one in relay_networks) and so relay: an open relay"
+                ),
+                "list only your load balancers' addresses, e.g. \"192.0.2.5/32\"",
+            ));
+        }
         for net in &raw.access.relay_networks {
-            if net.get_ref().prefix_len() == 0 {
-                return Err(v.error(
-                    v.line(net.span().start),
-                    "access.relay_networks",
-                    format!(
-                        "{} lets every address on the Internet relay: an open relay",
-                        net.get_ref()
-                    ),
-                    "list only your own mail servers' networks, e.g. \"192.0.2.10/32\"",
-                ));
-            }
             let wide = match net.get_ref() {
                 IpNet::V4(n) => n.prefix_len() < 16 && !n.network().is_loopback(),
                 IpNet::V6(n) => n.prefix_len() < 32,
@@ -545,9 +571,30 @@ impl Config {
             }
             let hash_line = v.line(u.password_hash.span().start);
             let hash = u.password_hash.into_inner();
-            match argon2::PasswordHash::new(&hash) {
-                Ok(h) if h.algorithm.as_str() == "argon2id" => {}
-                _ => {
+            let params = argon2::PasswordHash::new(&hash)
+                .ok()
+                .filter(|h| h.algorithm.as_str() == "argon2id")
+                .and_then(|h| argon2::Params::try_from(&h).ok());
+            match params {
+                Some(p) => {
+                    if !owasp_strength(&p) {
+                        warnings.push(v.warning(
+                            hash_line,
+                            "user.password_hash",
+                            &format!(
+                                "the hash of user {:?} costs m={} KiB, t={}, p={}, below OWASP's \
+                                 minimum for argon2id (m=19456 KiB, t=2, p=1, or an equivalent \
+                                 trade-off): a leaked config is cheap to brute-force",
+                                u.name,
+                                p.m_cost(),
+                                p.t_cost(),
+                                p.p_cost()
+                            ),
+                            "run `smarthost hash-password` and paste its output",
+                        ));
+                    }
+                }
+                None => {
                     return Err(v.error(
                         hash_line,
                         "user.password_hash",
@@ -633,14 +680,57 @@ impl Config {
                     "set both (upstream AUTH) or neither",
                 ));
             }
+            let tls = *u.tls.get_ref();
+            // The client never sends AUTH outside TLS (src/outbound/client.rs),
+            // but opportunistic TLS takes any certificate: whoever sits in the
+            // path can terminate it and read the password.
+            let leak = match tls {
+                UpstreamTls::Required => None,
+                UpstreamTls::None => {
+                    Some(("none", "the password would cross the network in clear text"))
+                }
+                UpstreamTls::Opportunistic => Some((
+                    "opportunistic",
+                    "opportunistic TLS accepts any certificate, so whoever intercepts \
+                     the connection receives the password",
+                )),
+            };
+            if let (Some(_), Some((setting, why))) = (&u.username, leak) {
+                return Err(v.error(
+                    v.line(u.tls.span().start),
+                    "upstream.tls",
+                    format!(
+                        "upstream {:?} has tls = \"{setting}\" with username and password_file: {why}",
+                        u.name
+                    ),
+                    "set tls = \"required\" (add ca_file for a private CA), or remove username and password_file",
+                ));
+            }
+            let password_file = u.password_file.map(|p| {
+                let line = v.line(p.span().start);
+                let path = resolve(p.into_inner());
+                if let Some(mode) = loose_mode(&path) {
+                    warnings.push(v.warning(
+                        line,
+                        "upstream.password_file",
+                        &format!(
+                            "upstream {:?}: {} has mode {mode:04o}, wider than 0640: other local users may read the password",
+                            u.name,
+                            path.display()
+                        ),
+                        &format!("chmod 600 {}", path.display()),
+                    ));
+                }
+                path
+            });
             upstreams.push(UpstreamConfig {
                 name: u.name,
                 address,
-                tls: u.tls,
+                tls,
                 ca_file: u.ca_file.map(&resolve),
                 tls_name: u.tls_name,
                 username: u.username,
-                password_file: u.password_file.map(&resolve),
+                password_file,
             });
         }
         if upstreams.is_empty() {
@@ -804,6 +894,32 @@ fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
+/// OWASP Password Storage Cheat Sheet, argon2id: its equally strong
+/// (memory KiB, passes) pairs, each with one lane.
+const OWASP_ARGON2ID: [(u32, u32); 5] = [
+    (47_104, 1),
+    (19_456, 2),
+    (12_288, 3),
+    (9_216, 4),
+    (7_168, 5),
+];
+
+/// At least one of OWASP's argon2id settings in both memory and passes.
+fn owasp_strength(p: &argon2::Params) -> bool {
+    OWASP_ARGON2ID
+        .iter()
+        .any(|&(m, t)| p.m_cost() >= m && p.t_cost() >= t)
+}
+
+/// The mode of the secret at `path` when it lets anyone in beyond the owner
+/// and a group that may only read (e.g. `ssl-cert`): any bit of 0o137. `None`
+/// when tight, or when missing (loading it reports that).
+fn loose_mode(path: &Path) -> Option<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+    (mode & 0o137 != 0).then_some(mode)
+}
+
 fn lowercase_all(v: Vec<String>) -> Vec<String> {
     v.into_iter().map(|d| d.to_ascii_lowercase()).collect()
 }
@@ -844,6 +960,14 @@ impl Validator<'_> {
             problem: problem.into(),
             fix: fix.into(),
         }
+    }
+
+    /// A warning in the errors' shape, on one line (it is also a log line).
+    fn warning(&self, line: usize, key: &str, problem: &str, fix: &str) -> String {
+        format!(
+            "{}:{line}: `{key}`: {problem}; fix: {fix}",
+            self.file.display()
+        )
     }
 
     /// An error about `key` (a bare key name), located at its first assignment.
@@ -888,6 +1012,51 @@ impl Validator<'_> {
             (false, false) => format!("{table}.{key}"),
         };
         (self.line(start), path)
+    }
+
+    /// When `nets` (canonical, see `canonical_net`) together hold every IPv4
+    /// or every IPv6 client address: `"0.0.0.0/1", "128.0.0.0/1" together let
+    /// every IPv4 address` (the entries as written, up to the one completing
+    /// the cover) and the line of that entry.
+    fn full_cover(&self, nets: &[Spanned<IpNet>]) -> Option<(String, usize)> {
+        // Mapped clients are matched as IPv4 (`to_canonical`), so an IPv6 list
+        // that misses only ::ffff:0:0/96 still admits every IPv6 client.
+        let mapped = IpNet::V6(Ipv6Net::new(Ipv4Addr::UNSPECIFIED.to_ipv6_mapped(), 96).ok()?);
+        let mut union = vec![mapped];
+        for (i, net) in nets.iter().enumerate() {
+            union.push(*net.get_ref());
+            let Some(all) = IpNet::aggregate(&union)
+                .into_iter()
+                .find(|n| n.prefix_len() == 0)
+            else {
+                continue;
+            };
+            let same_family: Vec<&str> = nets[..=i]
+                .iter()
+                .filter(|n| n.get_ref().network().is_ipv4() == all.network().is_ipv4())
+                .map(|n| self.text[n.span()].trim_matches(|c| c == '"' || c == '\''))
+                .collect();
+            let family = if all.network().is_ipv4() {
+                "IPv4"
+            } else {
+                "IPv6"
+            };
+            let verb = if same_family.len() == 1 {
+                "lets"
+            } else {
+                "together let"
+            };
+            let entries = same_family
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            return Some((
+                format!("{entries} {verb} every {family} address"),
+                self.line(net.span().start),
+            ));
+        }
+        None
     }
 
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
@@ -1048,6 +1217,52 @@ mod tests {
             .unwrap_err();
             assert!(e.problem.contains("open relay"), "{e}");
         }
+    }
+
+    #[test]
+    fn ipv6_networks_missing_only_the_mapped_range_cover_every_ipv6_client() {
+        // The 96 siblings along the path to ::ffff:0:0/96: all of IPv6 but it.
+        let mapped: u128 = 0xffff << 32;
+        let nets: Vec<String> = (1..=96u32)
+            .map(|p| {
+                let bit = 1u128 << (128 - p);
+                let sibling = (mapped & !(bit - 1)) ^ bit;
+                format!("\"{}/{p}\"", std::net::Ipv6Addr::from(sibling))
+            })
+            .collect();
+        let all = format!(
+            "{MINIMAL}[access]\nrelay_networks = [{}]\n",
+            nets.join(", ")
+        );
+        let e = parse(&all).unwrap_err();
+        assert!(e.problem.contains("every IPv6 address"), "{e}");
+        // One sibling fewer leaves a real gap: accepted (with wide warnings).
+        let gap = format!(
+            "{MINIMAL}[access]\nrelay_networks = [{}]\n",
+            nets[1..].join(", ")
+        );
+        assert!(parse(&gap).is_ok());
+    }
+
+    #[test]
+    fn owasp_settings_are_the_threshold() {
+        let p = |m, t| argon2::Params::new(m, t, 1, None).unwrap();
+        for (m, t) in OWASP_ARGON2ID {
+            assert!(owasp_strength(&p(m, t)), "m={m} t={t}");
+            assert!(!owasp_strength(&p(m - 1, t)), "m={} t={t}", m - 1);
+        }
+        assert!(!owasp_strength(&p(19_456, 1)));
+        assert!(owasp_strength(&argon2::Params::default()));
+    }
+
+    #[test]
+    fn unusable_argon2_parameters_are_an_error() {
+        // p=4 needs m >= 32 KiB: argon2 could never verify this hash.
+        let text = format!(
+            "{MINIMAL}[[user]]\nname = \"a\"\npassword_hash = \"$argon2id$v=19$m=8,t=1,p=4$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAA\"\n"
+        );
+        let e = parse(&text).unwrap_err();
+        assert_eq!((e.line, e.key.as_str()), (9, "user.password_hash"), "{e}");
     }
 
     #[test]

@@ -100,9 +100,11 @@ fn check_config_accepts_a_good_config_and_summarises_it() {
     let h = Harness::new("");
     let path = h.dir.path().join("good.toml");
     std::fs::write(&path, GOOD).unwrap();
+    chmod(&h.dir.path().join("server.key"), 0o600);
     let out = check_config(&path);
     assert!(out.status.success(), "{} / {}", out.stdout, out.stderr);
     assert!(out.stderr.is_empty(), "{}", out.stderr);
+    assert!(!out.stdout.contains("warning"), "{}", out.stdout);
     for expected in [
         "ok",
         "hostname: relay.test",
@@ -243,6 +245,280 @@ fn repository_reference_config_passes_check_config() {
         out.stderr
     );
     assert!(out.stdout.contains("ok"), "{}", out.stdout);
+}
+
+// ---------------------------------------------------------------------------
+// check-config: configurations that open the relay or leak a secret (issue 11)
+
+const RELAY_LINE: &str = "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]";
+
+/// Writes `text` as `name` in the harness directory.
+fn write_config(h: &Harness, name: &str, text: &str) -> PathBuf {
+    let path = h.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+fn chmod(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// `serve` refuses to start on `path` and names `key` in its error.
+fn assert_serve_refuses(path: &Path, key: &str) {
+    let out = serve_fails(path);
+    assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
+    assert!(out.stderr.contains(key), "{}", out.stderr);
+    assert!(out.stderr.contains("fix:"), "{}", out.stderr);
+}
+
+/// Sets of networks whose union is every IPv4 or every IPv6 address, each
+/// as a TOML array; the last entry is the one that completes the cover.
+const EVERYONE: [&str; 6] = [
+    "[\"0.0.0.0/0\", \"::/0\"]",
+    "[\"0.0.0.0/1\", \"128.0.0.0/1\"]",
+    "[\"::/1\", \"8000::/1\"]",
+    "[\"::ffff:0:0/97\", \"::ffff:8000:0/97\"]",
+    "[\"::ffff:0:0/97\", \"128.0.0.0/1\"]",
+    // Split over lines: the error points at the entry that completes it.
+    "[\n    \"10.0.0.0/8\",\n    \"0.0.0.0/2\",\n    \"64.0.0.0/2\",\n    \"128.0.0.0/1\",\n]",
+];
+
+/// The line of `text` holding the last network of `array`.
+fn completing_line(text: &str, array: &str) -> usize {
+    let last = array.rsplit('"').nth(1).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .iter()
+        .rposition(|l| l.contains(&format!("\"{last}\"")))
+        .unwrap()
+        + 1
+}
+
+#[test]
+fn check_config_refuses_trusted_proxies_that_cover_everyone() {
+    let h = Harness::new("");
+    for (i, nets) in EVERYONE.into_iter().enumerate() {
+        let text = GOOD
+            .replacen(
+                "tls = \"starttls\"",
+                "tls = \"starttls\"\nproxy_protocol = true",
+                1,
+            )
+            .replacen(
+                RELAY_LINE,
+                &format!("{RELAY_LINE}\ntrusted_proxies = {nets}"),
+                1,
+            );
+        let path = write_config(&h, &format!("proxies-{i}.toml"), &text);
+        let out = check_config(&path);
+        assert_one_error(
+            &out,
+            &path,
+            Some(completing_line(&text, nets)),
+            "access.trusted_proxies",
+            "load balancers",
+        );
+        assert!(out.stderr.contains("PROXY"), "{}", out.stderr);
+        if i == 0 {
+            assert_serve_refuses(&path, "access.trusted_proxies");
+        }
+    }
+    // Wide but not everything: accepted.
+    let text = GOOD.replacen(
+        RELAY_LINE,
+        &format!("{RELAY_LINE}\ntrusted_proxies = [\"0.0.0.0/1\", \"192.0.2.5/32\"]"),
+        1,
+    );
+    let out = check_config(&write_config(&h, "proxies-ok.toml", &text));
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+}
+
+#[test]
+fn check_config_refuses_relay_networks_whose_union_covers_everyone() {
+    let h = Harness::new("");
+    for (i, nets) in EVERYONE.into_iter().enumerate() {
+        let text = GOOD.replacen(RELAY_LINE, &format!("relay_networks = {nets}"), 1);
+        let path = write_config(&h, &format!("relay-{i}.toml"), &text);
+        let out = check_config(&path);
+        assert_one_error(
+            &out,
+            &path,
+            Some(completing_line(&text, nets)),
+            "access.relay_networks",
+            "your own",
+        );
+        assert!(out.stderr.contains("open relay"), "{}", out.stderr);
+        if i == 1 {
+            assert_serve_refuses(&path, "access.relay_networks");
+        }
+    }
+    // Half of IPv4 is not everything: accepted, with the warning it always had.
+    let text = GOOD.replacen(RELAY_LINE, "relay_networks = [\"0.0.0.0/1\", \"::/1\"]", 1);
+    let out = check_config(&write_config(&h, "relay-wide.toml", &text));
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    for net in ["0.0.0.0/1", "::/1"] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.starts_with("warning:") && l.contains(net) && l.contains("very wide")),
+            "{}",
+            out.stdout
+        );
+    }
+}
+
+#[test]
+fn check_config_refuses_upstream_auth_without_verified_tls() {
+    let h = Harness::new("");
+    std::fs::write(h.dir.path().join("pw"), "secret\n").unwrap();
+    chmod(&h.dir.path().join("pw"), 0o600);
+    let auth = "username = \"relay\"\npassword_file = \"pw\"";
+    for (i, mode) in ["none", "opportunistic"].into_iter().enumerate() {
+        let tls = format!("tls = \"{mode}\"");
+        let text = GOOD.replacen("tls = \"required\"", &format!("{tls}\n{auth}"), 1);
+        let path = write_config(&h, &format!("upstream-{mode}.toml"), &text);
+        let out = check_config(&path);
+        assert_one_error(
+            &out,
+            &path,
+            Some(line_of(&text, &tls)),
+            "upstream.tls",
+            "tls = \"required\"",
+        );
+        assert!(out.stderr.contains("\"eu-1\""), "{}", out.stderr);
+        if i == 0 {
+            assert_serve_refuses(&path, "upstream.tls");
+        }
+    }
+    // Without credentials either mode is fine; with them, "required" is.
+    for tls in [
+        "tls = \"none\"".to_owned(),
+        "tls = \"opportunistic\"".to_owned(),
+        format!("tls = \"required\"\n{auth}"),
+    ] {
+        let text = GOOD.replacen("tls = \"required\"", &tls, 1);
+        let out = check_config(&write_config(&h, "upstream-ok.toml", &text));
+        assert!(out.status.success(), "{tls}: {}{}", out.stdout, out.stderr);
+    }
+}
+
+/// An argon2id PHC string of "pw" with these costs.
+fn argon2id_hash(m: u32, t: u32, p: u32) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    let params = argon2::Params::new(m, t, p, None).unwrap();
+    argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(b"pw", &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string()
+}
+
+/// The `warning:` lines of check-config's output.
+fn warnings(out: &Output) -> Vec<&str> {
+    out.stdout
+        .lines()
+        .filter(|l| l.starts_with("warning:"))
+        .collect()
+}
+
+#[test]
+fn check_config_warns_about_readable_secrets_and_cheap_hashes() {
+    let h = Harness::new("");
+    let dir = h.dir.path();
+    let (rsa_cert, rsa_key) = h.ca.rsa_certificate(dir);
+    std::fs::write(dir.join("pw"), "secret\n").unwrap();
+    let user =
+        |hash: &str| format!("\n[[user]]\nname = \"exchange01\"\npassword_hash = \"{hash}\"\n");
+    let base = GOOD
+        .replacen(
+            "private_key = \"server.key\"\n",
+            &format!(
+                "private_key = \"server.key\"\n\n[[tls.additional]]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
+                rsa_cert.display(),
+                rsa_key.display()
+            ),
+            1,
+        )
+        .replacen(
+            "tls = \"required\"",
+            "tls = \"required\"\nusername = \"relay\"\npassword_file = \"pw\"",
+            1,
+        );
+    let secrets = [dir.join("server.key"), rsa_key.clone(), dir.join("pw")];
+
+    // Tight modes and hash-password's costs: no warning at all.
+    for s in &secrets {
+        chmod(s, 0o600);
+    }
+    chmod(&dir.join("server.key"), 0o640);
+    let good_hash = run_with_stdin(&["hash-password"], b"pw\n").stdout;
+    let path = write_config(&h, "tight.toml", &(base.clone() + &user(good_hash.trim())));
+    let out = check_config(&path);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    assert!(warnings(&out).is_empty(), "{}", out.stdout);
+    // OWASP's equivalent trade-offs (more passes, less memory) pass too.
+    let path = write_config(
+        &h,
+        "owasp.toml",
+        &(base.clone() + &user(&argon2id_hash(12288, 3, 1))),
+    );
+    let out = check_config(&path);
+    assert!(warnings(&out).is_empty(), "{}", out.stdout);
+
+    // Readable by others, writable by the group, executable: each warned, by path.
+    chmod(&dir.join("server.key"), 0o644);
+    chmod(&rsa_key, 0o660);
+    chmod(&dir.join("pw"), 0o604);
+    let cheap = argon2id_hash(8, 1, 1);
+    let text = base.clone() + &user(&cheap);
+    let path = write_config(&h, "loose.toml", &text);
+    let out = check_config(&path);
+    assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
+    let w = warnings(&out);
+    for s in &secrets {
+        let fix = format!("chmod 600 {}", s.display());
+        assert!(
+            w.iter().any(|l| l.ends_with(&fix)),
+            "no {fix:?} in {}",
+            out.stdout
+        );
+    }
+    let hash_line = line_of(&text, "password_hash");
+    let hash_warning = w
+        .iter()
+        .find(|l| l.contains("OWASP"))
+        .unwrap_or_else(|| panic!("no hash warning: {}", out.stdout));
+    for part in [
+        &format!("{}:{hash_line}: `user.password_hash`", path.display()),
+        "\"exchange01\"",
+        "m=8",
+        "t=1",
+        "smarthost hash-password",
+    ] {
+        assert!(hash_warning.contains(part), "{part:?} in {hash_warning}");
+    }
+    assert_eq!(w.len(), 4, "{}", out.stdout);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_logs_the_warnings_at_start() {
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let h = Harness::new(&format!(
+            "[[user]]\nname = \"exchange01\"\npassword_hash = \"{}\"\n",
+            argon2id_hash(1024, 1, 1)
+        ));
+        chmod(&h.dir.path().join("server.key"), 0o644);
+        let relay = Relay::start(&h).await;
+        let log = relay.log();
+        let key = h.dir.path().join("server.key");
+        assert!(
+            log.contains(&format!("chmod 600 {}", key.display())),
+            "{log}"
+        );
+        assert!(log.contains("OWASP"), "{log}");
+    })
+    .await
+    .expect("test timed out");
 }
 
 // ---------------------------------------------------------------------------
