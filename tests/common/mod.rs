@@ -129,6 +129,12 @@ impl Harness {
         )
         .unwrap();
         std::fs::write(dir.path().join("server.key"), &ca.key_pem).unwrap();
+        // As an administrator would keep it (check-config warns on wider).
+        std::fs::set_permissions(
+            dir.path().join("server.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
         let text = format!(
             "hostname = \"{HOSTNAME}\"\n{listeners}\n[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n\n[access]\nrelay_networks = [\"127.0.0.0/8\", \"::1/128\"]\n\n[queue]\npath = \"spool\"\n\n{extra}"
