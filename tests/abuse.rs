@@ -913,3 +913,285 @@ async fn many_clients_holding_data_open() {
     assert_eq!(h.spool_files(), 0);
     w.finish(&format!("{n} held; nothing spooled"), 200 + n as u64 / 2);
 }
+
+// ---------------------------------------------------------------------------
+// 8. AUTH and greeting abuse.
+
+const PASSWORD: &str = "correct horse battery staple";
+
+/// A relay with one user whose hash `smarthost hash-password` made: argon2id
+/// with the default parameters (m=19456 KiB, so about 19 MiB per check).
+fn auth_harness(limits: &str) -> Harness {
+    let out = run_with_stdin(&["hash-password"], format!("{PASSWORD}\n").as_bytes());
+    assert!(out.status.success(), "{}", out.stderr);
+    let hash = out.stdout.trim();
+    assert!(hash.contains("m=19456"), "{hash}");
+    harness(&format!(
+        "{limits}\n\n[[user]]\nname = \"exchange01\"\npassword_hash = \"{hash}\"\n"
+    ))
+}
+
+/// `AUTH PLAIN` with an initial response (RFC 4616: no authzid).
+fn auth_plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let message = format!("\0{user}\0{password}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(message)
+    )
+}
+
+/// A session from `ip`: banner, EHLO, STARTTLS, EHLO inside TLS.
+async fn tls_from(ip: &str, relay: &Relay, ca: &TestCa) -> TlsClient {
+    let s = connect_from(ip, relay.port).await.unwrap();
+    tls_session(Client::new(s), ca).await
+}
+
+/// One wrong `AUTH PLAIN` from each of `sources` (an address per session,
+/// repeated for several sessions from one address), all sent at the same
+/// moment once every session is in TLS. Returns each session's address and
+/// its reply (seconds after the burst, status) if one came within `window`,
+/// and the sessions, still open.
+async fn wrong_auth_burst(
+    relay: &Relay,
+    ca: &TestCa,
+    sources: &[&'static str],
+    window: Duration,
+) -> (Vec<(&'static str, Option<(f64, String)>)>, Vec<TlsClient>) {
+    let mut clients = Vec::new();
+    within(60, async {
+        for &ip in sources {
+            clients.push((ip, tls_from(ip, relay, ca).await));
+        }
+    })
+    .await;
+    let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(clients.len()));
+    let line = format!("{}\r\n", auth_plain("exchange01", "wrong"));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (ip, mut c) in clients {
+        let (barrier, line) = (barrier.clone(), line.clone());
+        tasks.spawn(async move {
+            barrier.wait().await;
+            let sent = Instant::now();
+            c.send(&line).await;
+            let reply = tokio::time::timeout(window, c.try_reply()).await;
+            let answered = reply.ok().flatten().map(|r| (Instant::now(), r.status()));
+            (ip, sent, answered, c)
+        });
+    }
+    let mut results = Vec::new();
+    while let Some(r) = within(30, tasks.join_next()).await {
+        results.push(r.unwrap());
+    }
+    let t0 = results.iter().map(|r| r.1).min().unwrap();
+    results
+        .into_iter()
+        .map(|(ip, _, answered, c)| {
+            let answered = answered.map(|(t, s)| (t.duration_since(t0).as_secs_f64(), s));
+            ((ip, answered), c)
+        })
+        .unzip()
+}
+
+/// What argon2 may cost at peak: about 19 MiB per check, at most one check
+/// per core at once, and generous slack for the TLS sessions and rounding.
+fn auth_memory_bound(w: &Watch) -> (usize, u64) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    (
+        cores,
+        mib(w.baseline.rss) as u64 + (cores as u64 + 2) * 20 + 40,
+    )
+}
+
+/// Prints the memory figures, then asserts the peak and what is left stay
+/// under `bound` (memory used by the checks goes back to the OS).
+fn check_auth_memory(w: Watch, case: &str, cores: usize, bound: u64) {
+    let after = w.now();
+    eprintln!(
+        "auth-attack: {case}: {cores} cores; RSS baseline {:.1} MiB, peak {:.1} MiB, after {:.1} MiB (bound {bound} MiB)",
+        mib(w.baseline.rss),
+        mib(after.hwm),
+        mib(after.rss)
+    );
+    assert!(
+        after.rss < bound * 1024,
+        "RSS {:.1} MiB after the burst: memory was not returned",
+        mib(after.rss)
+    );
+    w.finish("535 5.7.8", bound);
+}
+
+/// From each of two addresses, 20 TLS sessions send a wrong `AUTH PLAIN` at
+/// the same moment. Attempts from one address are checked one at a time and
+/// spaced by the throttle's doubling delay (parallel connections do not buy
+/// guesses), so memory (about 19 MiB per argon2 check) stays bounded, and it
+/// goes back afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn parallel_wrong_auth_is_serialised_per_address_and_memory_stays_bounded() {
+    const PER_ADDRESS: usize = 20;
+    let addresses = ["127.0.0.2", "127.0.0.3"];
+    // Replies are waited for this long after the burst; later ones are not
+    // needed to see the spacing (the 5th from one address is due at ~7.5 s).
+    let window = Duration::from_secs(6);
+    let h = auth_harness("");
+    let relay = Relay::start(&h).await;
+    let case = "2 addresses x 20 parallel wrong AUTH PLAIN";
+    let w = Watch::start(case, &relay);
+    let sources: Vec<&str> = addresses.iter().flat_map(|&ip| [ip; PER_ADDRESS]).collect();
+    let (answers, open) = wrong_auth_burst(&relay, &h.ca, &sources, window).await;
+    // Every figure is printed before anything is asserted.
+    let (cores, bound) = auth_memory_bound(&w);
+    let per_address: Vec<(&str, Vec<f64>)> = addresses
+        .iter()
+        .map(|&ip| {
+            let mut at: Vec<f64> = answers
+                .iter()
+                .filter(|(from, _)| *from == ip)
+                .filter_map(|(_, a)| a.as_ref())
+                .map(|(t, status)| {
+                    assert_eq!(status, "535 5.7.8", "from {ip}");
+                    *t
+                })
+                .collect();
+            at.sort_by(f64::total_cmp);
+            eprintln!(
+                "auth-attack: {ip}: {} of {PER_ADDRESS} answered within {:.0} s, {} within 0.9 s, at {at:.2?} s",
+                at.len(),
+                window.as_secs_f64(),
+                at.iter().filter(|&&t| t < 0.9).count()
+            );
+            (ip, at)
+        })
+        .collect();
+    check_auth_memory(w, case, cores, bound);
+    for (ip, at) in &per_address {
+        assert!(at.len() >= 2, "{ip}: the first attempts are answered");
+        let early = at.iter().filter(|&&t| t < 0.9).count();
+        assert!(early < PER_ADDRESS, "{ip}: all {early} answered at once");
+        let min_gap = at
+            .windows(2)
+            .map(|p| p[1] - p[0])
+            .fold(f64::INFINITY, f64::min);
+        let spacing = smarthost::auth::BASE_DELAY.as_secs_f64() * 0.8;
+        assert!(
+            min_gap >= spacing,
+            "{ip}: attempts {min_gap:.2} s apart, not spaced by the throttle"
+        );
+    }
+    drop(open);
+}
+
+/// One wrong `AUTH PLAIN` from each of 16 addresses at once: the throttle
+/// lets each through at once (a first attempt from an address is not
+/// delayed), so only the cap on argon2 checks at once (one per core) keeps
+/// 16 x 19 MiB from being held together. All are answered 535.
+#[tokio::test(flavor = "multi_thread")]
+async fn wrong_auth_from_many_addresses_runs_one_check_per_core_at_a_time() {
+    let addresses: Vec<&'static str> = (1..=16).map(|i| &*format!("127.0.1.{i}").leak()).collect();
+    let h = auth_harness("");
+    let relay = Relay::start(&h).await;
+    let case = "16 addresses x 1 wrong AUTH PLAIN";
+    let w = Watch::start(case, &relay);
+    let window = Duration::from_secs(20);
+    let (answers, open) = wrong_auth_burst(&relay, &h.ca, &addresses, window).await;
+    let (cores, bound) = auth_memory_bound(&w);
+    let mut at: Vec<f64> = answers
+        .iter()
+        .filter_map(|(_, a)| a.as_ref().map(|a| a.0))
+        .collect();
+    at.sort_by(f64::total_cmp);
+    eprintln!("auth-attack: {case}: answered at {at:.2?} s");
+    check_auth_memory(w, case, cores, bound);
+    for (ip, a) in &answers {
+        let (_, status) = a.as_ref().unwrap_or_else(|| panic!("{ip}: no reply"));
+        assert_eq!(status, "535 5.7.8", "from {ip}");
+    }
+    drop(open);
+}
+
+/// Attempts queued behind each other from one address wait at most
+/// `command_timeout` for their turn, then get `421 4.7.0` and the close, so
+/// a queue of parked sessions does not outlive the client's own patience.
+#[tokio::test(flavor = "multi_thread")]
+async fn auth_attempts_queued_longer_than_command_timeout_get_421() {
+    let h = auth_harness("command_timeout = \"2s\"");
+    let relay = Relay::start(&h).await;
+    // Turns are due at about 0, 0.5, 1.5, 3.5, 7.5 s: the 4th and later wait
+    // longer than 2 s.
+    let sources = ["127.0.0.4"; 6];
+    let (answers, mut open) =
+        wrong_auth_burst(&relay, &h.ca, &sources, Duration::from_secs(8)).await;
+    let mut got: Vec<(f64, String)> = answers.into_iter().filter_map(|(_, a)| a).collect();
+    got.sort_by(|a, b| a.0.total_cmp(&b.0));
+    eprintln!("auth-attack: queued behind one address, command_timeout 2 s: {got:.2?}");
+    assert_eq!(got.len(), sources.len(), "every session is answered");
+    let refused = got.iter().filter(|(_, s)| s == "421 4.7.0").count();
+    assert!(
+        got.iter()
+            .all(|(_, s)| s == "535 5.7.8" || s == "421 4.7.0"),
+        "{got:?}"
+    );
+    assert!(
+        (2..=4).contains(&refused),
+        "{refused} of 6 refused: {got:?}"
+    );
+    for (t, s) in &got {
+        if s == "421 4.7.0" {
+            assert!((1.9..4.0).contains(t), "421 after {t:.2} s");
+        }
+    }
+    // Closed after the 421s; the others are still open.
+    let mut closed = 0;
+    for c in &mut open {
+        if tokio::time::timeout(Duration::from_millis(500), c.try_reply())
+            .await
+            .is_ok_and(|r| r.is_none())
+        {
+            closed += 1;
+        }
+    }
+    assert_eq!(closed, refused);
+}
+
+/// RFC 5321 §4.1.4 allows EHLO again, but a session that only greets does no
+/// work: after the first EHLO inside TLS (required, RFC 3207 §4.2, and not
+/// counted), each further one is a junk command, so 300 of them end at the
+/// junk limit with `421 4.7.0` and the close.
+#[tokio::test]
+async fn repeated_ehlo_ends_at_the_junk_limit() {
+    let h = auth_harness("");
+    let relay = Relay::start(&h).await;
+    within(60, async {
+        let mut c = tls_from("127.0.0.1", &relay, &h.ca).await;
+        c.send("EHLO again.test\r\n".repeat(300)).await;
+        for i in 0..JUNK_BEFORE_CLOSE {
+            let r = c.reply().await;
+            assert_eq!(r.code, 250, "EHLO {i}: {r:?}");
+        }
+        c.expect("421 4.7.0").await;
+        assert!(c.closed().await, "closed after the 421");
+    })
+    .await;
+}
+
+/// RFC 4954 §4: `*` cancels an AUTH exchange (501 5.7.0). A cancelled
+/// exchange does no work: 200 `AUTH LOGIN` / `*` cycles end at the junk
+/// limit with `421 4.7.0` and the close.
+#[tokio::test]
+async fn cancelled_auth_cycles_end_at_the_junk_limit() {
+    let h = auth_harness("");
+    let relay = Relay::start(&h).await;
+    within(60, async {
+        let mut c = tls_from("127.0.0.1", &relay, &h.ca).await;
+        c.send("AUTH LOGIN\r\n*\r\n".repeat(200)).await;
+        for i in 0..JUNK_BEFORE_CLOSE {
+            c.expect("334 VXNlcm5hbWU6").await;
+            let r = c.reply().await;
+            assert_eq!(r.status(), "501 5.7.0", "cycle {i}: {r:?}");
+        }
+        c.expect("334").await;
+        c.expect("421 4.7.0").await;
+        assert!(c.closed().await, "closed after the 421");
+    })
+    .await;
+}

@@ -71,8 +71,12 @@ impl Session {
             return self.refuse(SmtpError::BadBase64);
         };
         let text = text.trim_end_matches(['\r', '\n']);
-        // RFC 4954 §4: "*" cancels the exchange.
+        // RFC 4954 §4: "*" cancels the exchange. A cancelled exchange did no
+        // work, like a NOOP: endless AUTH / "*" cycles end at the junk limit.
         if text == "*" {
+            if self.junk_command() == Flow::Close {
+                return Flow::Close;
+            }
             return self.refuse(SmtpError::AuthCancelled);
         }
         self.sasl_response(step, text).await
@@ -84,43 +88,55 @@ impl Session {
             Err(_) => return self.refuse(SmtpError::BadBase64),
         };
         let credentials = match step {
-            SaslStep::Plain => match auth::parse_plain(&decoded) {
-                Ok(c) => c,
-                Err(_) => return self.auth_failed("(malformed)").await,
-            },
+            SaslStep::Plain => auth::parse_plain(&decoded).ok(),
             SaslStep::LoginUser => {
                 let user = String::from_utf8_lossy(&decoded).into_owned();
                 self.reply(Reply::plain(334, vec![PASSWORD_CHALLENGE.into()]));
                 self.state = State::Auth(SaslStep::LoginPassword { user });
                 return Flow::Continue;
             }
-            SaslStep::LoginPassword { user } => Credentials {
+            SaslStep::LoginPassword { user } => Some(Credentials {
                 authzid: String::new(),
                 username: user,
                 password: decoded,
-            },
+            }),
         };
         self.check_credentials(credentials).await
     }
 
-    async fn check_credentials(&mut self, c: Credentials) -> Flow {
-        let ip = self.client_ip();
-        self.ctx.auth_throttle.wait_turn(ip).await;
+    /// One attempt; a malformed PLAIN message (`None`) is an attempt too, and
+    /// waits its turn like the others.
+    async fn check_credentials(&mut self, c: Option<Credentials>) -> Flow {
+        let throttle = self.ctx.auth_throttle.clone();
+        let limit = self.ctx.config.limits.command_timeout;
+        // Attempts from one address queue behind each other: a session's wait
+        // is bounded like any other wait for the client, and ends at shutdown.
+        let turn = tokio::select! {
+            turn = tokio::time::timeout(limit, throttle.wait_turn(self.client_ip())) => turn,
+            _ = self.shutdown.cancelled() => return self.refuse(SmtpError::ShuttingDown),
+        };
+        let Ok(turn) = turn else {
+            info!(client = %self.peer, "AUTH attempts from this address queued too long; closing");
+            return self.refuse(SmtpError::TooManyAuthFailures);
+        };
+        let Some(c) = c else {
+            let from_address = turn.failure();
+            return self.auth_failed("(malformed)", from_address);
+        };
         let valid = self.ctx.users.verify(&c.username, &c.password).await;
         // RFC 4616 §2: acting as someone else (authzid) is not supported.
         if valid && (c.authzid.is_empty() || c.authzid == c.username) {
-            self.ctx.auth_throttle.success(ip);
+            turn.success();
             info!(client = %self.peer, user = %c.username, "authenticated");
             self.auth = Some(c.username);
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
             return Flow::Continue;
         }
-        self.auth_failed(&c.username).await
+        let from_address = turn.failure();
+        self.auth_failed(&c.username, from_address)
     }
 
-    async fn auth_failed(&mut self, user: &str) -> Flow {
-        let ip = self.client_ip();
-        let from_address = self.ctx.auth_throttle.failure(ip);
+    fn auth_failed(&mut self, user: &str, from_address: u32) -> Flow {
         self.auth_failures += 1;
         // The address and the name tried are logged; never the password.
         let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();

@@ -53,10 +53,11 @@ const MAX_PENDING_REPLIES: usize = 16 * 1024;
 /// inside `data_timeout` holds its session (and a connection slot) forever.
 const MIN_CONTENT_RATE: u64 = 500;
 
-/// Commands that do no work (NOOP, RSET, HELP, VRFY) allowed since the last
-/// accepted message before each further one counts toward `max_errors`. A
-/// client sending a NOOP just inside `command_timeout` would otherwise hold
-/// its session forever; a session that delivers mail never gets near it.
+/// Commands that do no work (NOOP, RSET, HELP, VRFY, a repeated EHLO or HELO,
+/// a cancelled AUTH exchange) allowed since the last accepted message before
+/// each further one counts toward `max_errors`. A client sending a NOOP just
+/// inside `command_timeout` would otherwise hold its session forever; a
+/// session that delivers mail never gets near it.
 /// (The same idea as Postfix's `smtpd_junk_command_limit`, default 100.)
 pub const JUNK_COMMAND_LIMIT: u32 = 100;
 
@@ -425,6 +426,22 @@ impl Session {
         Flow::Continue
     }
 
+    /// Counts a command that did no work (see `JUNK_COMMAND_LIMIT`); past
+    /// the limit each one counts toward `max_errors`, and the one that runs
+    /// it out gets `421 4.7.0` instead of its reply.
+    fn junk_command(&mut self) -> Flow {
+        self.junk += 1;
+        if self.junk > JUNK_COMMAND_LIMIT {
+            self.errors += 1;
+            if self.errors >= self.ctx.config.limits.max_errors {
+                info!(client = %self.peer, junk = self.junk, "too many commands without mail; closing");
+                self.reply(SmtpError::TooManyErrors.reply());
+                return Flow::Close;
+            }
+        }
+        Flow::Continue
+    }
+
     /// Parses and runs one command line.
     async fn command(&mut self, line: &[u8]) -> Flow {
         let (request, path) = match command::parse(line) {
@@ -452,19 +469,18 @@ impl Session {
         if self.needs_tls_first(&request) {
             return self.refuse(SmtpError::TlsRequired);
         }
-        if matches!(
-            request,
-            Request::Noop { .. } | Request::Rset | Request::Help { .. } | Request::Vrfy { .. }
-        ) {
-            self.junk += 1;
-            if self.junk > JUNK_COMMAND_LIMIT {
-                self.errors += 1;
-                if self.errors >= self.ctx.config.limits.max_errors {
-                    info!(client = %self.peer, junk = self.junk, "too many commands without mail; closing");
-                    self.reply(SmtpError::TooManyErrors.reply());
-                    return Flow::Close;
-                }
+        let junk = match request {
+            Request::Noop { .. } | Request::Rset | Request::Help { .. } | Request::Vrfy { .. } => {
+                true
             }
+            // RFC 5321 §4.1.4 allows greeting again, but it does no work. The
+            // first greeting after STARTTLS is required (RFC 3207 §4.2) and
+            // finds `greeting` reset, so it is not counted.
+            Request::Ehlo { .. } | Request::Helo { .. } => self.greeting.is_some(),
+            _ => false,
+        };
+        if junk && self.junk_command() == Flow::Close {
+            return Flow::Close;
         }
         let result = match request {
             Request::Ehlo { host } => Ok(self.ehlo(host, true)),
