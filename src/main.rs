@@ -281,6 +281,16 @@ fn queue(action: QueueAction) -> ExitCode {
                 return Err(format!("no queued message {id}"));
             }
             spool.remove(&id).map_err(|e| e.to_string())?;
+            // For the running relay's log (`event=deleted`); the deletion stands without it.
+            let notes = spool.root().join(smarthost::queue::DELETED_IDS);
+            let noted = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&notes)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()));
+            if let Err(e) = noted {
+                eprintln!("warning: {}: {e}", notes.display());
+            }
             println!("deleted {id} (no bounce sent)");
             Ok(())
         }),

@@ -18,9 +18,9 @@ use tracing::{error, info, warn};
 use crate::config::{Config, QueueConfig};
 use crate::outbound::client::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
-use crate::queue::FLUSH_REQUEST;
 use crate::queue::dsn::{self, Action, RecipientReport};
 use crate::queue::pool::{Health, Routes};
+use crate::queue::{DELETED_IDS, FLUSH_REQUEST};
 use crate::server::ServerContext;
 use crate::spool::{self, Envelope, Recipient, RecipientStatus, Spool};
 use crate::tracking::{self, clean};
@@ -183,6 +183,10 @@ pub async fn run(
                     info!("queue flush requested: retrying everything now");
                     schedule.flush();
                 }
+                for id in take_deleted(&spool) {
+                    info!(event = tracking::DELETED, queue_id = id.as_str(), "deleted by queue delete");
+                    schedule.remove(&id);
+                }
             }
         }
     }
@@ -221,10 +225,31 @@ impl Schedule {
         Some(Instant::now() + Duration::from_secs(wait))
     }
 
+    fn remove(&mut self, id: &str) {
+        self.due.retain(|(_, i)| i != id);
+    }
+
     fn flush(&mut self) {
         let ids: Vec<String> = self.due.iter().map(|(_, id)| id.clone()).collect();
         self.due = ids.into_iter().map(|id| (0, id)).collect();
     }
+}
+
+/// The ids `queue delete` noted since the last look (see `DELETED_IDS`).
+/// Renamed before reading, so a note appended meanwhile waits for the next look.
+fn take_deleted(spool: &Spool) -> Vec<String> {
+    let notes = spool.root().join(DELETED_IDS);
+    let taking = spool.root().join(format!("{DELETED_IDS}.taking"));
+    if std::fs::rename(&notes, &taking).is_err() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(&taking).unwrap_or_default();
+    let _ = std::fs::remove_file(&taking);
+    text.lines()
+        // Only what `queue delete` writes: queue ids are hex.
+        .filter(|l| !l.is_empty() && l.len() <= 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// When a message next needs an attempt: now for pending recipients, else the
