@@ -336,7 +336,7 @@ fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> Exi
     let config = match loaded {
         Ok(c) => c,
         Err(e) => {
-            error!(error = e.to_string().as_str(), "cannot start");
+            error!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -356,8 +356,7 @@ fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> Exi
         let ctx = match ServerContext::new(config) {
             Ok(c) => c,
             Err(smarthost::server::StartError::Tls(e)) => {
-                let e = locate_tls_error(&path, &e);
-                error!(error = e.as_str(), "cannot start");
+                error!("{}", locate_tls_error(&path, &e));
                 return ExitCode::FAILURE;
             }
             Err(e) => {
