@@ -66,13 +66,15 @@ pub fn clean(s: &str) -> Cow<'_, str> {
 pub fn refused(client: SocketAddr, error: &SmtpError, reply: &Reply, count: &mut u32) {
     *count = count.saturating_add(1);
     let reason = error.reason();
-    let line = reply.to_string();
     if *count <= REFUSALS_LOGGED_PER_CONNECTION {
+        let line = reply.to_string();
         info!(event = REFUSED, client = %client, reason, reply = line.as_str(), "refused: {error}");
         if *count == REFUSALS_LOGGED_PER_CONNECTION {
             info!(client = %client, "further refusals on this connection are logged at debug level");
         }
-    } else {
+    } else if tracing::enabled!(tracing::Level::DEBUG) {
+        // Checked first: the reply line is not built for a line nobody reads.
+        let line = reply.to_string();
         debug!(event = REFUSED, client = %client, reason, reply = line.as_str(), "refused: {error}");
     }
 }

@@ -276,7 +276,8 @@ impl Session {
                 true
             }
             Ok(Err(e)) => {
-                info!(client = %self.peer, "TLS handshake failed: {e}");
+                let error = e.to_string();
+                info!(client = %self.peer, error = &*crate::tracking::clean(&error), "TLS handshake failed");
                 false
             }
             Err(_) => {
