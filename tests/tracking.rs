@@ -517,3 +517,125 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
     })
     .await;
 }
+
+/// An upstream that refuses `nobody@...` at RCPT with `550 5.1.1` and
+/// accepts everything else (no extensions, one command at a time).
+async fn refusing_upstream() -> u16 {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read);
+                let _ = write.write_all(b"220 scripted ESMTP\r\n").await;
+                let mut line = String::new();
+                let mut in_data = false;
+                while lines.read_line(&mut line).await.unwrap_or(0) > 0 {
+                    let upper = line.to_ascii_uppercase();
+                    let reply: &[u8] = if in_data {
+                        if line == ".\r\n" {
+                            in_data = false;
+                            b"250 2.0.0 taken\r\n"
+                        } else {
+                            b""
+                        }
+                    } else if upper.starts_with("EHLO") || upper.starts_with("HELO") {
+                        b"250 scripted\r\n"
+                    } else if upper.starts_with("RCPT") && upper.contains("NOBODY@") {
+                        b"550 5.1.1 no such user\r\n"
+                    } else if upper.starts_with("DATA") {
+                        in_data = true;
+                        b"354 go ahead\r\n"
+                    } else if upper.starts_with("QUIT") {
+                        let _ = write.write_all(b"221 2.0.0 bye\r\n").await;
+                        break;
+                    } else {
+                        b"250 2.0.0 ok\r\n"
+                    };
+                    if write.write_all(reply).await.is_err() {
+                        break;
+                    }
+                    line.clear();
+                }
+            });
+        }
+    });
+    port
+}
+
+/// A recipient refused for good is `bounced` with the notice's own queue
+/// id, and that notice has its own trail (accepted as `source="dsn"`,
+/// delivered); a message whose upstream stays down past `max_lifetime` is
+/// `expired`, and so is its notice, which (to `<>`) gets no notice itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bounces_and_expiry_name_the_notice() {
+    within(120, async {
+        let scripted = refusing_upstream().await;
+        let upstream = format!(
+            "[[upstream]]\nname = \"scripted\"\naddress = \"127.0.0.1:{scripted}\"\ntls = \"none\"\n"
+        );
+        let s = setup("[log]\nformat = \"json\"\n", Some(&upstream)).await;
+        let (_relay, port, log) = serve(&s.h, &[], "relay-bounce").await;
+        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let r = send_data(
+            &mut c,
+            "alice@tenant.example",
+            &["bob@partner.example", "nobody@partner.example"],
+            &message("<b@x>"),
+        )
+        .await;
+        let id = queue_id_of(&r).unwrap();
+        eventually("the bounce line", 20, || {
+            !events(&json_lines(&log), "bounced", &id).is_empty()
+        })
+        .await;
+        let lines = json_lines(&log);
+        let bounced = events(&lines, "bounced", &id)[0];
+        assert_eq!(bounced["rcpt"], "nobody@partner.example", "{bounced}");
+        assert!(bounced["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{bounced}");
+        let notice = bounced["bounce_id"].as_str().unwrap().to_owned();
+        assert_eq!(events(&lines, "delivered", &id).len(), 1);
+        let accepted = events(&lines, "accepted", &notice);
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(accepted[0]["source"], "dsn");
+        assert_eq!(accepted[0]["original"], id.as_str());
+        assert_eq!(accepted[0]["to"], "alice@tenant.example");
+        eventually("the notice delivered", 20, || {
+            !events(&json_lines(&log), "delivered", &notice).is_empty()
+        })
+        .await;
+    })
+    .await;
+
+    within(120, async {
+        let down = free_port();
+        let dead = format!(
+            "[[upstream]]\nname = \"eu-0\"\naddress = \"127.0.0.1:{down}\"\ntls = \"none\"\n"
+        );
+        let queue = "retry_min = \"1s\"\nretry_max = \"1s\"\nmax_lifetime = \"2s\"\n\n[log]\nformat = \"json\"\n";
+        let s = setup(queue, Some(&dead)).await;
+        let (_relay, port, log) = serve(&s.h, &[], "relay-expiry").await;
+        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let r = send_data(&mut c, "alice@tenant.example", &["bob@partner.example"], &message("<e@x>")).await;
+        let id = queue_id_of(&r).unwrap();
+        eventually("the expiry line", 30, || {
+            !events(&json_lines(&log), "expired", &id).is_empty()
+        })
+        .await;
+        let lines = json_lines(&log);
+        let expired = events(&lines, "expired", &id)[0];
+        assert!(expired["reply"].as_str().unwrap().starts_with("554 5.4.7"), "{expired}");
+        let notice = expired["bounce_id"].as_str().unwrap().to_owned();
+        assert_eq!(events(&lines, "accepted", &notice)[0]["source"], "dsn");
+        eventually("the notice's own expiry", 30, || {
+            !events(&json_lines(&log), "expired", &notice).is_empty()
+        })
+        .await;
+        let lines = json_lines(&log);
+        let last = events(&lines, "expired", &notice)[0];
+        assert!(last.get("bounce_id").is_none(), "no notice about a notice: {last}");
+    })
+    .await;
+}
