@@ -278,12 +278,19 @@ fn check_domain(domain: &str) -> Result<(), AddressError> {
 /// escaped, so client input cannot forge lines or drive a terminal.
 pub struct Printable<'a>(pub &'a str);
 
+impl Printable<'_> {
+    /// Whether `c` is escaped: controls (C0, DEL, C1), zero-width and
+    /// bidirectional formatting characters, line and paragraph separators.
+    pub fn escapes(c: char) -> bool {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    }
+}
+
 impl fmt::Display for Printable<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for c in self.0.chars() {
-            let invisible = c.is_control()
-                || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{feff}');
-            if invisible {
+            if Printable::escapes(c) {
                 write!(f, "{}", c.escape_unicode())?;
             } else {
                 write!(f, "{c}")?;

@@ -28,6 +28,8 @@ pub struct Config {
     /// the `postmaster` key, else `postmaster@<hostname>`; `None` when the
     /// hostname is not a mail domain (then that RCPT gets 550 5.1.1).
     pub postmaster: Option<Mailbox>,
+    /// `[log]`: how `serve` writes its log lines.
+    pub log: LogConfig,
     pub listeners: Vec<ListenerConfig>,
     /// `None`: a self-signed ECDSA certificate is made at start.
     pub tls: Option<TlsConfig>,
@@ -40,6 +42,33 @@ pub struct Config {
     pub admin: Option<AdminConfig>,
     /// Warnings found while validating (logged by `serve`, printed by `check-config`).
     pub warnings: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogConfig {
+    pub format: LogFormat,
+}
+
+/// `[log] format`, or `serve --log-format` (which wins).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// `key=value` lines; string values quoted and escaped.
+    #[default]
+    Text,
+    /// One JSON object per line, for log shippers.
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<LogFormat, String> {
+        match s {
+            "text" => Ok(LogFormat::Text),
+            "json" => Ok(LogFormat::Json),
+            _ => Err(format!("{s:?}: expected \"text\" or \"json\"")),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -228,6 +257,8 @@ struct RawConfig {
     hostname: Option<String>,
     postmaster: Option<String>,
     #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
     listener: Vec<Spanned<RawListener>>,
     tls: Option<RawTls>,
     #[serde(default)]
@@ -242,6 +273,13 @@ struct RawConfig {
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
     admin: Option<RawAdmin>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    #[serde(default)]
+    format: LogFormat,
 }
 
 #[derive(Deserialize)]
@@ -780,6 +818,9 @@ impl Config {
         Ok(Config {
             hostname,
             postmaster,
+            log: LogConfig {
+                format: raw.log.format,
+            },
             listeners,
             tls,
             access,

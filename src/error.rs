@@ -216,3 +216,32 @@ impl SmtpError {
         )
     }
 }
+
+impl SmtpError {
+    /// A stable name for the refusal, for log lines (`reason=`) and whoever
+    /// counts refusals: it never changes with the reply's wording.
+    pub fn reason(&self) -> &'static str {
+        use SmtpError::*;
+        match self {
+            UnknownCommand | LineTooLong | BadCharacters | Syntax(_) | BadBase64 => "syntax",
+            BadSequence(_) | AlreadyTls => "sequence",
+            BadSender | BadRecipient | NeedsSmtputf8 | NoPostmaster => "address",
+            UnsupportedParameter(_) | InvalidParameter(_) => "parameter",
+            TlsRequired | EncryptionRequired => "tls_required",
+            TlsUnavailable | TlsHandshake => "tls",
+            RelayDenied => "relay_denied",
+            SenderDenied => "sender_domain",
+            MessageTooBig | BdatSizeOutOfRange => "size",
+            TooManyRecipients => "recipients",
+            TooManyHops => "loop",
+            BareLineEnding | NulInContent => "content",
+            AuthUnavailable | UnsupportedMechanism | AuthCancelled => "auth",
+            AuthFailed | TooManyAuthFailures => "auth_failed",
+            TooManyConnectionsFromIp | TooManyConnections | TooManyErrors => "rate",
+            Pregreet | PipelinedStartTls => "protocol",
+            Spool(_) => "storage",
+            ShuttingDown => "shutdown",
+            Timeout => "timeout",
+        }
+    }
+}

@@ -56,10 +56,12 @@ pub async fn accept_loop(
         }
         let Ok(permit) = slots.clone().try_acquire_owned() else {
             // Over the cap: a best-effort reply without blocking the loop.
-            let mut reply = Vec::new();
-            SmtpError::TooManyConnections.reply().write_to(&mut reply);
-            let _ = stream.try_write(&reply);
-            warn!(client = %peer, "connection limit reached");
+            let refusal = SmtpError::TooManyConnections;
+            let reply = refusal.reply();
+            crate::tracking::refused(peer, &refusal, &reply, &mut 0);
+            let mut wire = Vec::new();
+            reply.write_to(&mut wire);
+            let _ = stream.try_write(&wire);
             continue;
         };
         let id = Session::next_id();
@@ -96,7 +98,8 @@ async fn connection(
             Ok(client) => client,
             Err(e) => {
                 // No banner, no reply: the source is not a proxy we trust.
-                info!("{e}; closing");
+                let error = e.to_string();
+                info!(event = crate::tracking::REFUSED, client = %tcp_peer, reason = "proxy", error = error.as_str(), "PROXY header refused; closing");
                 return;
             }
         }
@@ -105,12 +108,12 @@ async fn connection(
     };
     let limit = ctx.config.limits.max_connections_per_ip;
     let Some(_slot) = per_address.try_acquire(peer.ip(), limit) else {
-        warn!(client = %peer, limit, "per-address connection limit reached");
-        let mut reply = Vec::new();
-        SmtpError::TooManyConnectionsFromIp
-            .reply()
-            .write_to(&mut reply);
-        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&reply)).await;
+        let refusal = SmtpError::TooManyConnectionsFromIp;
+        let reply = refusal.reply();
+        crate::tracking::refused(peer, &refusal, &reply, &mut 0);
+        let mut wire = Vec::new();
+        reply.write_to(&mut wire);
+        let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&wire)).await;
         return;
     };
     debug!(client = %peer, "connected");

@@ -23,6 +23,9 @@ enum Command {
     Serve {
         #[arg(long)]
         config: PathBuf,
+        /// Log lines as "text" or "json" (one object per line); overrides `[log] format`.
+        #[arg(long, value_name = "text|json")]
+        log_format: Option<smarthost::config::LogFormat>,
     },
     /// Validate a config file without starting.
     CheckConfig {
@@ -86,7 +89,7 @@ enum QueueAction {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, log_format } => serve(config, log_format),
         Command::CheckConfig { config } => check_config(config),
         Command::HashPassword => hash_password(),
         Command::Queue { action } => queue(action),
@@ -278,6 +281,16 @@ fn queue(action: QueueAction) -> ExitCode {
                 return Err(format!("no queued message {id}"));
             }
             spool.remove(&id).map_err(|e| e.to_string())?;
+            // For the running relay's log (`event=deleted`); the deletion stands without it.
+            let notes = spool.root().join(smarthost::queue::DELETED_IDS);
+            let noted = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&notes)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()));
+            if let Err(e) = noted {
+                eprintln!("warning: {}: {e}", notes.display());
+            }
             println!("deleted {id} (no bounce sent)");
             Ok(())
         }),
@@ -292,14 +305,7 @@ fn queue(action: QueueAction) -> ExitCode {
 }
 
 fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colour only on a terminal: journald and `docker logs` get plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    smarthost::logging::init(smarthost::config::LogFormat::Text);
 }
 
 fn check_config(path: PathBuf) -> ExitCode {
@@ -322,9 +328,12 @@ fn check_config(path: PathBuf) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn serve(path: PathBuf) -> ExitCode {
-    init_logging();
-    let config = match Config::load(&path) {
+fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> ExitCode {
+    // The config names the log format, so it is read before logging starts.
+    let loaded = Config::load(&path);
+    let configured = loaded.as_ref().map(|c| c.log.format).unwrap_or_default();
+    smarthost::logging::init(log_format.unwrap_or(configured));
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             error!("{e}");
@@ -408,9 +417,10 @@ async fn reload_on_sighup(
         let reloaded = match Config::load(&path) {
             Ok(config) => {
                 let warnings = config.warnings.clone();
+                let changes = smarthost::reload::changes(&running.config, &config);
                 running
                     .reload(config)
-                    .map(|ctx| (ctx, warnings))
+                    .map(|ctx| (ctx, warnings, changes))
                     .map_err(|e| match e {
                         smarthost::server::StartError::Tls(e) => locate_tls_error(&path, &e),
                         other => other.to_string(),
@@ -419,14 +429,20 @@ async fn reload_on_sighup(
             Err(e) => Err(e.to_string()),
         };
         match reloaded {
-            Ok((ctx, warnings)) => {
+            Ok((ctx, warnings, changes)) => {
                 for w in warnings {
                     warn!("{w}");
                 }
                 contexts.send_replace(ctx);
-                info!(config = %path.display(), "SIGHUP: configuration reloaded");
+                info!(event = smarthost::tracking::RELOADED, config = %path.display(), changes = changes.as_str(), "SIGHUP: configuration reloaded: {changes}");
             }
-            Err(e) => error!("SIGHUP: reload refused, keeping the running configuration: {e}"),
+            // The error spans lines (its fix): a field keeps it on one.
+            Err(e) => error!(
+                event = smarthost::tracking::RELOAD_REFUSED,
+                config = %path.display(),
+                error = e.as_str(),
+                "SIGHUP: reload refused, keeping the running configuration"
+            ),
         }
     }
 }

@@ -15,15 +15,15 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
-use crate::address::Printable;
 use crate::config::{Config, QueueConfig};
 use crate::outbound::client::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
-use crate::queue::FLUSH_REQUEST;
 use crate::queue::dsn::{self, Action, RecipientReport};
 use crate::queue::pool::{Health, Routes};
+use crate::queue::{DELETED_IDS, FLUSH_REQUEST};
 use crate::server::ServerContext;
 use crate::spool::{self, Envelope, Recipient, RecipientStatus, Spool};
+use crate::tracking::{self, clean};
 
 /// Messages delivered at the same time, in all.
 const MAX_IN_FLIGHT: usize = 64;
@@ -183,6 +183,10 @@ pub async fn run(
                     info!("queue flush requested: retrying everything now");
                     schedule.flush();
                 }
+                for id in take_deleted(&spool) {
+                    info!(event = tracking::DELETED, queue_id = id.as_str(), "deleted by queue delete");
+                    schedule.remove(&id);
+                }
             }
         }
     }
@@ -221,10 +225,31 @@ impl Schedule {
         Some(Instant::now() + Duration::from_secs(wait))
     }
 
+    fn remove(&mut self, id: &str) {
+        self.due.retain(|(_, i)| i != id);
+    }
+
     fn flush(&mut self) {
         let ids: Vec<String> = self.due.iter().map(|(_, id)| id.clone()).collect();
         self.due = ids.into_iter().map(|id| (0, id)).collect();
     }
+}
+
+/// The ids `queue delete` noted since the last look (see `DELETED_IDS`).
+/// Renamed before reading, so a note appended meanwhile waits for the next look.
+fn take_deleted(spool: &Spool) -> Vec<String> {
+    let notes = spool.root().join(DELETED_IDS);
+    let taking = spool.root().join(format!("{DELETED_IDS}.taking"));
+    if std::fs::rename(&notes, &taking).is_err() {
+        return Vec::new();
+    }
+    let text = std::fs::read_to_string(&taking).unwrap_or_default();
+    let _ = std::fs::remove_file(&taking);
+    text.lines()
+        // Only what `queue delete` writes: queue ids are hex.
+        .filter(|l| !l.is_empty() && l.len() <= 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// When a message next needs an attempt: now for pending recipients, else the
@@ -256,6 +281,14 @@ impl Delivery {
     async fn deliver(&self, id: &str) -> Option<u64> {
         let (mut env, message) = match self.spool.read(id) {
             Ok(x) => x,
+            Err(spool::SpoolError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
+                info!(
+                    event = tracking::DELETED,
+                    queue_id = id,
+                    "no longer in the spool (queue delete); dropped from the schedule"
+                );
+                return None;
+            }
             Err(e) => {
                 error!(queue_id = %id, "cannot read queued message: {e}");
                 return None;
@@ -283,16 +316,36 @@ impl Delivery {
                 let mut last_error = String::from("no upstream tried");
                 let mut result = None;
                 for u in route.order(&self.health) {
-                    let name = &self.upstreams[u].name;
-                    match self.attempt(u, &env, &recipients, &message).await {
+                    let name = self.upstreams[u].name.as_str();
+                    let started = std::time::Instant::now();
+                    let tried = self.attempt(u, &env, &recipients, &message).await;
+                    let duration_ms = started.elapsed().as_millis() as u64;
+                    match tried {
                         Ok((replies, dsn)) => {
                             self.health.success(u);
+                            let listed = recipients
+                                .iter()
+                                .zip(&replies)
+                                .map(|(r, reply)| {
+                                    format!("<{}> {}", clean(&r.address), clean(&reply.to_string()))
+                                })
+                                .collect::<Vec<_>>()
+                                .join("; ");
+                            info!(
+                                event = tracking::ATTEMPT,
+                                queue_id = id,
+                                upstream = name,
+                                duration_ms,
+                                replies = listed.as_str(),
+                                "attempt"
+                            );
                             result = Some((u, replies, dsn));
                             break;
                         }
                         Err(e) => {
                             let aside = self.health.failure(u);
-                            warn!(queue_id = %id, upstream = %name, set_aside = ?aside, "attempt failed: {e}");
+                            let error = e.to_string();
+                            warn!(event = tracking::ATTEMPT, queue_id = id, upstream = name, duration_ms, error = &*clean(&error), set_aside = ?aside, "attempt failed");
                             last_error = format!("upstream {name}: {e}");
                         }
                     }
@@ -318,6 +371,9 @@ impl Delivery {
         // handed to an upstream without DSN (RFC 3461 §6.2.3.1), which cannot
         // send the success notice itself.
         let mut notices = Vec::new();
+        // Recipients failed for good (`true`: by max_lifetime), logged once
+        // the notice's queue id is known.
+        let mut failed = Vec::new();
         let mut attempts_of = vec![0; env.recipients.len()];
         for (k, &i) in due.iter().enumerate() {
             let r = &mut env.recipients[i];
@@ -332,7 +388,14 @@ impl Delivery {
             };
             let upstream_name = upstream.map(|u| self.upstreams[u].name.clone());
             r.status = if reply.is_positive() {
-                info!(queue_id = %id, rcpt = %Printable(&r.address), upstream = upstream_name.as_deref().unwrap_or(""), reply = %reply, "delivered");
+                info!(
+                    event = tracking::DELIVERED,
+                    queue_id = id,
+                    rcpt = &*clean(&r.address),
+                    upstream = upstream_name.as_deref().unwrap_or(""),
+                    reply = &*clean(&reply.to_string()),
+                    "delivered"
+                );
                 if !upstream_dsn {
                     notices.push((i, upstream_name.clone(), Action::Relayed));
                 }
@@ -342,6 +405,7 @@ impl Delivery {
                     at: now,
                 }
             } else if reply.is_permanent() || expired {
+                failed.push((i, !reply.is_permanent()));
                 let reply = if reply.is_permanent() {
                     reply.to_string()
                 } else {
@@ -351,11 +415,23 @@ impl Delivery {
                         humantime::format_duration(self.queue.max_lifetime)
                     )
                 };
-                warn!(queue_id = %id, rcpt = %Printable(&r.address), reply = %reply, "failed");
                 notices.push((i, upstream_name.clone(), Action::Failed));
                 RecipientStatus::Failed { reply, at: now }
             } else {
-                info!(queue_id = %id, rcpt = %Printable(&r.address), reply = %reply, attempts, retry_in = next_attempt - now, "deferred");
+                let retry_at = humantime::format_rfc3339_seconds(
+                    std::time::UNIX_EPOCH + Duration::from_secs(next_attempt),
+                )
+                .to_string();
+                info!(
+                    event = tracking::DEFERRED,
+                    queue_id = id,
+                    rcpt = &*clean(&r.address),
+                    reply = &*clean(&reply.to_string()),
+                    attempts,
+                    retry_at = retry_at.as_str(),
+                    retry_in_secs = next_attempt - now,
+                    "deferred"
+                );
                 RecipientStatus::Deferred {
                     reply: reply.to_string(),
                     attempts,
@@ -364,7 +440,12 @@ impl Delivery {
             };
         }
 
-        if !notices.is_empty() && !self.notify(&env, &message, &notices, domain).await {
+        let notice = if notices.is_empty() {
+            Ok(None)
+        } else {
+            self.notify(&env, &message, &notices, domain).await
+        };
+        if notice.is_err() {
             // The notice could not be queued (a full disk): the recipients it
             // was for are not finished but tried again later, so the message
             // is not removed with its bounce untold. A duplicate at worst.
@@ -376,6 +457,15 @@ impl Delivery {
                     _ => continue,
                 };
                 if dsn::wants(r, action) {
+                    info!(
+                        event = tracking::DEFERRED,
+                        queue_id = id,
+                        rcpt = &*clean(&r.address),
+                        reply = &*clean(&reply),
+                        attempts = attempts_of[*i],
+                        retry_in_secs = next_attempt - now,
+                        "deferred: the notice to the sender could not be queued"
+                    );
                     r.status = RecipientStatus::Deferred {
                         reply: format!("{reply} (notice to the sender not yet queued)"),
                         attempts: attempts_of[*i],
@@ -384,9 +474,45 @@ impl Delivery {
                 }
             }
         }
+        for &(i, expired) in &failed {
+            let r = &env.recipients[i];
+            let RecipientStatus::Failed { reply, .. } = &r.status else {
+                continue;
+            };
+            let (rcpt, reply) = (&*clean(&r.address), &*clean(reply));
+            // The notice's id, if it speaks of this recipient (NOTIFY may say not).
+            let bounce_id = notice
+                .as_ref()
+                .ok()
+                .and_then(|n| n.as_deref())
+                .filter(|_| dsn::wants(r, &Action::Failed));
+            if expired {
+                warn!(
+                    event = tracking::EXPIRED,
+                    queue_id = id,
+                    rcpt,
+                    reply,
+                    bounce_id,
+                    "expired"
+                );
+            } else {
+                warn!(
+                    event = tracking::BOUNCED,
+                    queue_id = id,
+                    rcpt,
+                    reply,
+                    bounce_id,
+                    "bounced"
+                );
+            }
+        }
         let next = next_due(&env);
         let saved = if next.is_none() {
-            info!(queue_id = %id, "done; removed from the queue");
+            info!(
+                event = tracking::COMPLETED,
+                queue_id = id,
+                "done; removed from the queue"
+            );
             self.spool.remove(id).map_err(spool::SpoolError::from)
         } else {
             self.spool.update(&env).await
@@ -436,17 +562,17 @@ impl Delivery {
     }
 
     /// Queues one RFC 3464 notification to the sender about these recipients
-    /// (never to `<>`, and only for those whose NOTIFY asks for it). False
-    /// when one was due but could not be stored.
+    /// (never to `<>`, and only for those whose NOTIFY asks for it): its
+    /// queue id, `None` when none was due, `Err` when it could not be stored.
     async fn notify(
         &self,
         env: &Envelope,
         message: &[u8],
         notices: &[(usize, Option<String>, Action)],
         domain: Option<String>,
-    ) -> bool {
+    ) -> Result<Option<String>, ()> {
         if env.sender.is_empty() {
-            return true;
+            return Ok(None);
         }
         let reports: Vec<RecipientReport<'_>> = notices
             .iter()
@@ -474,7 +600,7 @@ impl Delivery {
             })
             .collect();
         if reports.is_empty() {
-            return true;
+            return Ok(None);
         }
         let now = spool::unix_now();
         let body = dsn::build(&self.hostname, env, message, &reports, now);
@@ -501,13 +627,23 @@ impl Delivery {
         };
         match self.spool.store(&bounce, body).await {
             Ok(()) => {
-                info!(queue_id = %id, original = %env.id, to = %Printable(&env.sender), "bounce queued");
-                self.handle.submit(id);
-                true
+                info!(
+                    event = tracking::ACCEPTED,
+                    queue_id = id.as_str(),
+                    source = "dsn",
+                    original = env.id.as_str(),
+                    sender = "",
+                    to = &*clean(&env.sender),
+                    recipients = 1,
+                    size = bounce.size,
+                    "delivery notice queued"
+                );
+                self.handle.submit(id.clone());
+                Ok(Some(id))
             }
             Err(e) => {
                 error!(original = %env.id, "cannot queue the bounce, the attempt will be repeated: {e}");
-                false
+                Err(())
             }
         }
     }

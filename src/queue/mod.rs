@@ -8,3 +8,8 @@ pub mod pool;
 /// The file `smarthost queue flush` creates in the spool root; the running
 /// relay's queue manager polls for it, retries everything, and removes it.
 pub const FLUSH_REQUEST: &str = "flush-requested";
+
+/// The file `smarthost queue delete` appends each removed queue id to, one a
+/// line; the running relay's queue manager logs each (`event=deleted`),
+/// drops it from its schedule, and removes the file.
+pub const DELETED_IDS: &str = "deleted-ids";

@@ -127,7 +127,7 @@ impl Session {
         // RFC 4616 §2: acting as someone else (authzid) is not supported.
         if valid && (c.authzid.is_empty() || c.authzid == c.username) {
             turn.success();
-            info!(client = %self.peer, user = %c.username, "authenticated");
+            info!(client = %self.peer, user = &*crate::tracking::clean(&c.username), "authenticated");
             self.auth = Some(c.username);
             self.reply(Reply::new(235, "2.7.0", "Authentication successful"));
             return Flow::Continue;
@@ -139,7 +139,8 @@ impl Session {
     fn auth_failed(&mut self, user: &str, from_address: u32) -> Flow {
         self.auth_failures += 1;
         // The address and the name tried are logged; never the password.
-        let user: String = user.chars().filter(|c| !c.is_control()).take(64).collect();
+        let user: String = user.chars().take(64).collect();
+        let user = &*crate::tracking::clean(&user);
         warn!(client = %self.peer, user, failures = self.auth_failures, failures_from_address = from_address, "authentication failed");
         if self.auth_failures >= self.ctx.config.limits.max_auth_failures {
             return self.refuse(SmtpError::TooManyAuthFailures);

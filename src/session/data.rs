@@ -53,9 +53,11 @@ impl Session {
                 self.errors += 1;
             }
             self.start_content_deadline();
+            let reply = refusal.reply();
+            crate::tracking::refused(self.peer, &refusal, &reply, &mut self.refusals);
             self.state = State::SkipBdat {
                 receiver: BdatReceiver::new(size, last),
-                reply: refusal.reply(),
+                reply,
             };
             return;
         }
@@ -157,8 +159,7 @@ impl Session {
 
     fn check_error_budget(&mut self) -> Flow {
         if self.errors >= self.ctx.config.limits.max_errors {
-            self.reply(SmtpError::TooManyErrors.reply());
-            return Flow::Close;
+            return self.refuse(SmtpError::TooManyErrors);
         }
         Flow::Continue
     }
@@ -174,10 +175,7 @@ impl Session {
         };
         let content = match content.finish() {
             Ok(c) => c,
-            Err(e) => {
-                info!(queue_id = %id, client = %self.peer, "message refused: {e}");
-                return self.refuse(e);
-            }
+            Err(e) => return self.refuse(e),
         };
         let now = spool::unix_now();
         let single = match txn.recipients.as_slice() {
@@ -197,6 +195,7 @@ impl Session {
             single_recipient: single,
             timestamp: now as i64,
         };
+        let message_id = crate::tracking::message_id(&content);
         let header = trace.received_header();
         let mut message = Vec::with_capacity(header.len() + content.len());
         message.extend_from_slice(header.as_bytes());
@@ -221,13 +220,18 @@ impl Session {
         let size = envelope.size;
         match self.ctx.spool.store(&envelope, message).await {
             Ok(()) => {
+                use crate::tracking::{ACCEPTED, clean};
                 info!(
-                    queue_id = %id,
+                    event = ACCEPTED,
+                    queue_id = id.as_str(),
                     client = %self.peer,
-                    sender = %envelope.sender,
+                    helo = &*clean(&envelope.client.helo),
+                    tls = self.tls.as_ref().map(|t| t.version.as_str()),
+                    user = self.auth.as_deref().map(clean).as_deref(),
+                    sender = &*clean(&envelope.sender),
                     recipients = envelope.recipients.len(),
                     size,
-                    tls = self.tls.is_some(),
+                    message_id = message_id.as_deref(),
                     "message accepted"
                 );
                 self.junk = 0;

@@ -22,7 +22,7 @@ use smtp_proto::request::receiver::BdatReceiver;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, info};
 
 use crate::body::Content;
 use crate::config::{ListenerConfig, ListenerTls};
@@ -133,6 +133,8 @@ pub struct Session {
     /// Commands that did no work since the last accepted message.
     junk: u32,
     auth_failures: u32,
+    /// Refusals logged so far (`tracking::refused` caps them per connection).
+    refusals: u32,
     /// When the command being waited for must have arrived by.
     command_deadline: Instant,
     /// When the current content (the DATA body, or all of a transaction's BDAT
@@ -167,6 +169,7 @@ impl Session {
             errors: 0,
             junk: 0,
             auth_failures: 0,
+            refusals: 0,
             command_deadline,
             content_deadline: command_deadline,
             shutdown,
@@ -199,8 +202,7 @@ impl Session {
                     if !self.rbuf.is_empty() {
                         // CVE-2011-0411: plaintext injected after STARTTLS must
                         // never run inside the TLS session.
-                        warn!(client = %self.peer, "bytes pipelined after STARTTLS; closing");
-                        self.reply(SmtpError::PipelinedStartTls.reply());
+                        self.refuse(SmtpError::PipelinedStartTls);
                         break;
                     }
                     self.reply(Reply::new(220, "2.0.0", "Ready to start TLS"));
@@ -223,8 +225,7 @@ impl Session {
                 Ok(false) => break,
                 Err(e) => {
                     if e.closes_connection() {
-                        info!(client = %self.peer, "{e}; closing");
-                        self.reply(e.reply());
+                        self.refuse(e);
                     }
                     break;
                 }
@@ -244,8 +245,7 @@ impl Session {
             Err(_) => false,
             Ok(Ok(0)) | Ok(Err(_)) => true,
             Ok(Ok(_)) => {
-                info!(client = %self.peer, "client talked before the greeting");
-                self.reply(SmtpError::Pregreet.reply());
+                self.refuse(SmtpError::Pregreet);
                 let _ = self.flush().await;
                 true
             }
@@ -276,7 +276,8 @@ impl Session {
                 true
             }
             Ok(Err(e)) => {
-                info!(client = %self.peer, "TLS handshake failed: {e}");
+                let error = e.to_string();
+                info!(client = %self.peer, error = &*crate::tracking::clean(&error), "TLS handshake failed");
                 false
             }
             Err(_) => {
@@ -410,16 +411,16 @@ impl Session {
 
     /// Sends the reply for `error`, counts it, and says whether to go on.
     fn refuse(&mut self, error: SmtpError) -> Flow {
-        debug!(client = %self.peer, "refused: {error}");
-        self.reply(error.reply());
+        let reply = error.reply();
+        crate::tracking::refused(self.peer, &error, &reply, &mut self.refusals);
+        self.reply(reply);
         if error.closes_connection() {
             return Flow::Close;
         }
         if error.counts_as_error() {
             self.errors += 1;
             if self.errors >= self.ctx.config.limits.max_errors {
-                info!(client = %self.peer, errors = self.errors, "too many errors; closing");
-                self.reply(SmtpError::TooManyErrors.reply());
+                self.refuse(SmtpError::TooManyErrors);
                 return Flow::Close;
             }
         }
@@ -434,8 +435,8 @@ impl Session {
         if self.junk > JUNK_COMMAND_LIMIT {
             self.errors += 1;
             if self.errors >= self.ctx.config.limits.max_errors {
-                info!(client = %self.peer, junk = self.junk, "too many commands without mail; closing");
-                self.reply(SmtpError::TooManyErrors.reply());
+                info!(client = %self.peer, junk = self.junk, "too many commands without mail");
+                self.refuse(SmtpError::TooManyErrors);
                 return Flow::Close;
             }
         }
