@@ -228,3 +228,325 @@ fn config_errors_use_the_administrators_words() {
         out.stderr
     );
 }
+
+// ---------------------------------------------------------------------------
+// 8. --help describes every command and flag
+
+/// The lines of a help text's Options/Arguments/Commands lists whose item has
+/// no description.
+fn undescribed(help: &str) -> Vec<String> {
+    let mut missing = Vec::new();
+    let mut in_list = false;
+    let lines: Vec<&str> = help.lines().collect();
+    for (i, l) in lines.iter().enumerate() {
+        if ["Options:", "Arguments:", "Commands:"].contains(&l.trim()) {
+            in_list = true;
+            continue;
+        }
+        if l.trim().is_empty() || !l.starts_with("  ") {
+            if !l.starts_with("  ") && !l.trim().is_empty() {
+                in_list = false;
+            }
+            continue;
+        }
+        let item = l.trim_start();
+        let is_item = item.starts_with('-')
+            || item.starts_with('<')
+            || l.starts_with("  ") && !l.starts_with("      ");
+        if !in_list || !is_item {
+            continue;
+        }
+        // "  --flag <X>  Description" on one line, or the description indented below.
+        let described = item.contains("  ")
+            || lines
+                .get(i + 1)
+                .is_some_and(|n| n.starts_with("          ") && !n.trim().is_empty());
+        if !described {
+            missing.push(l.to_string());
+        }
+    }
+    missing
+}
+
+#[test]
+fn every_command_and_flag_has_a_description() {
+    let commands: &[&[&str]] = &[
+        &[],
+        &["serve"],
+        &["check-config"],
+        &["hash-password"],
+        &["check-upstreams"],
+        &["sink"],
+        &["demo"],
+        &["queue"],
+        &["queue", "list"],
+        &["queue", "flush"],
+        &["queue", "delete"],
+    ];
+    for args in commands {
+        for help in ["-h", "--help"] {
+            let mut argv = args.to_vec();
+            argv.push(help);
+            let out = run(&argv);
+            assert!(out.status.success(), "{argv:?}: {}", out.stderr);
+            let missing = undescribed(&out.stdout);
+            assert!(
+                missing.is_empty(),
+                "{argv:?}: no description for {missing:?}\n{}",
+                out.stdout
+            );
+        }
+    }
+    let out = run(&["serve", "--help"]);
+    for word in ["SIGHUP", "SIGTERM", "RUST_LOG"] {
+        assert!(out.stdout.contains(word), "{word}: {}", out.stdout);
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 7. hash-password on a terminal: no echo
+
+/// A pseudo-terminal: the master end for the test, the slave end's path.
+struct Pty {
+    master: std::fs::File,
+    slave: PathBuf,
+}
+
+fn open_pty() -> Pty {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a new descriptor we take ownership of;
+    // ptsname's static buffer is copied before any other pty call.
+    unsafe {
+        let fd = libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY);
+        assert!(fd >= 0, "posix_openpt");
+        assert_eq!(libc::grantpt(fd), 0);
+        assert_eq!(libc::unlockpt(fd), 0);
+        let name = std::ffi::CStr::from_ptr(libc::ptsname(fd))
+            .to_string_lossy()
+            .into_owned();
+        Pty {
+            master: std::fs::File::from_raw_fd(fd),
+            slave: PathBuf::from(name),
+        }
+    }
+}
+
+#[test]
+fn hash_password_on_a_terminal_does_not_echo_the_password() {
+    use std::io::{Read, Write};
+    use std::process::{Command, Stdio};
+    use std::sync::{Arc, Mutex};
+    use std::time::{Duration, Instant};
+
+    let pty = open_pty();
+    let tty = || {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&pty.slave)
+            .unwrap()
+    };
+    let child = Command::new(BIN)
+        .arg("hash-password")
+        .stdin(tty())
+        .stderr(tty())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Proc { child };
+    // Everything the terminal shows, read as it comes.
+    let screen = Arc::new(Mutex::new(String::new()));
+    let mut reader = pty.master.try_clone().unwrap();
+    let seen = screen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while let Ok(n) = reader.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            seen.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    let wait_for = |text: &str, count: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while screen.lock().unwrap().matches(text).count() < count {
+            assert!(
+                Instant::now() < deadline,
+                "no {text:?} on the terminal: {:?}",
+                screen.lock().unwrap()
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    };
+    let password = "correct-horse-battery";
+    let mut master = pty.master.try_clone().unwrap();
+    wait_for("Password:", 1);
+    master
+        .write_all(format!("{password}\r").as_bytes())
+        .unwrap();
+    wait_for("Again:", 1);
+    master
+        .write_all(format!("{password}\r").as_bytes())
+        .unwrap();
+    let status = child
+        .wait_for(Duration::from_secs(30))
+        .expect("hash-password did not finish");
+    assert!(status.success());
+    let mut hash = String::new();
+    child
+        .child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut hash)
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    let shown = screen.lock().unwrap().clone();
+    assert!(!shown.contains(password), "echoed: {shown:?}");
+    use argon2::PasswordVerifier;
+    let parsed = argon2::PasswordHash::new(hash.trim()).unwrap();
+    assert!(
+        argon2::Argon2::default()
+            .verify_password(password.as_bytes(), &parsed)
+            .is_ok(),
+        "{hash}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 9. queue flush without a relay
+
+#[tokio::test(flavor = "multi_thread")]
+async fn queue_flush_says_whether_a_relay_will_take_the_request() {
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let h = common::Harness::new("");
+        let config = h.config_path.to_str().unwrap().to_owned();
+        // The spool must exist for the queue commands: a first start makes it.
+        let relay = Relay::start(&h).await;
+        let out = run(&["queue", "flush", "--config", &config]);
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(out.stdout.contains("within a second"), "{}", out.stdout);
+        drop(relay);
+
+        let out = run(&["queue", "flush", "--config", &config]);
+        assert!(out.status.success(), "{}", out.stderr);
+        assert!(
+            out.stdout.contains("no relay is running") && out.stdout.contains("starts"),
+            "{}",
+            out.stdout
+        );
+        assert!(!out.stdout.contains("within a second"), "{}", out.stdout);
+    })
+    .await
+    .expect("test timed out");
+}
+
+// ---------------------------------------------------------------------------
+// 10. the self-signed warning: once per start, once per reload
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_self_signed_warning_comes_once_per_start_and_reload() {
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let h = common::Harness::new("");
+        let text = std::fs::read_to_string(&h.config_path).unwrap();
+        std::fs::write(
+            &h.config_path,
+            text.replace(
+                "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n",
+                "",
+            ),
+        )
+        .unwrap();
+        let relay = Relay::start(&h).await;
+        let count = |log: &str| log.matches("self-signed").count();
+        assert_eq!(count(&relay.log()), 1, "{}", relay.log());
+        relay.proc.signal(libc::SIGHUP);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !relay.log().contains("reloaded") {
+            assert!(std::time::Instant::now() < deadline, "{}", relay.log());
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert_eq!(count(&relay.log()), 2, "{}", relay.log());
+    })
+    .await
+    .expect("test timed out");
+}
+
+// ---------------------------------------------------------------------------
+// 11. the demo
+
+#[test]
+fn the_demo_prints_commands_that_work_and_a_busy_port_suggests_listen() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    let dir = tempfile::tempdir().unwrap();
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy_addr = busy.local_addr().unwrap().to_string();
+    let out = Command::new(BIN)
+        .args(["demo", "--listen", &busy_addr])
+        .current_dir(dir.path())
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("--listen"), "{stderr}");
+    drop(busy);
+
+    // On a free port: the printed `queue list` command runs as printed.
+    let port = free_port();
+    let mut demo = Proc {
+        child: Command::new(BIN)
+            .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+            .current_dir(dir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    };
+    let mut stdout = demo.child.stdout.take().unwrap();
+    let mut printed = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut buf = [0u8; 4096];
+    while !printed.contains("Ctrl-C") {
+        assert!(Instant::now() < deadline, "{printed}");
+        let n = stdout.read(&mut buf).unwrap();
+        assert!(n > 0, "demo exited: {printed}");
+        printed.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let command = printed
+        .lines()
+        .find_map(|l| l.strip_prefix("See the queue:"))
+        .unwrap_or_else(|| panic!("{printed}"))
+        .trim()
+        .to_owned();
+    let out = Command::new("sh")
+        .args(["-c", &command])
+        .current_dir("/")
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("message(s) queued"),
+        "{command}"
+    );
+    demo.kill();
+
+    // Its state directory is ignored by git.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join(".gitignore")).unwrap();
+    assert!(
+        ignore.lines().any(|l| l.trim() == "/smarthost-demo"),
+        "{ignore}"
+    );
+}
