@@ -257,8 +257,26 @@ fn check_upstreams(path: PathBuf) -> ExitCode {
                     );
                 }
                 Err(e) => {
+                    use smarthost::outbound::client::{Stage, UpstreamError};
                     failed = true;
-                    row("-", "-", "-", "-", &format!("FAILED: {e}"));
+                    // How far it got: the TCP connection worked unless the
+                    // error is about connecting.
+                    let connect = match &e {
+                        UpstreamError::Connect(_) | UpstreamError::Timeout(Stage::Connect) => {
+                            "FAILED"
+                        }
+                        _ => "ok",
+                    };
+                    let starttls = match &e {
+                        UpstreamError::Tls(_) | UpstreamError::Timeout(Stage::StartTls) => "FAILED",
+                        UpstreamError::NoStartTls => "no",
+                        UpstreamError::Rejected {
+                            stage: Stage::StartTls,
+                            ..
+                        } => "refused",
+                        _ => "-",
+                    };
+                    row(connect, starttls, "-", "-", &format!("FAILED: {e}"));
                 }
             }
         }

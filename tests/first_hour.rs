@@ -550,3 +550,70 @@ fn the_demo_prints_commands_that_work_and_a_busy_port_suggests_listen() {
         "{ignore}"
     );
 }
+
+// ---------------------------------------------------------------------------
+// 6. check-upstreams explains TLS failures in words
+
+#[tokio::test(flavor = "multi_thread")]
+async fn check_upstreams_explains_tls_failures_and_says_the_connection_worked() {
+    tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let h = common::Harness::new("");
+        // A CA that the upstream wrongly presents as its own certificate.
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let dir = h.dir.path();
+        std::fs::write(dir.join("own-ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("own-ca.key"), key.serialize_pem()).unwrap();
+
+        let base = tempfile::tempdir().unwrap();
+        let mut ca_as_leaf = Sink::new(base.path(), "caleaf");
+        ca_as_leaf.tls = Some((dir.join("own-ca.pem"), dir.join("own-ca.key")));
+        ca_as_leaf.start().await;
+        let mut proper = Sink::new(base.path(), "proper");
+        proper.tls = Some((dir.join("server.crt"), dir.join("server.key")));
+        proper.start().await;
+
+        let upstream = |name: &str, port: u16, ca: &str, tls_name: &str| {
+            format!(
+                "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntls = \"required\"\nca_file = \"{ca}\"\ntls_name = \"{tls_name}\"\n\n"
+            )
+        };
+        let text = format!(
+            "{}{}{}{}",
+            std::fs::read_to_string(&h.config_path).unwrap(),
+            upstream("caleaf", ca_as_leaf.port, "own-ca.pem", "localhost"),
+            // The harness certificate, checked against a CA that did not sign it.
+            upstream("stranger", proper.port, "own-ca.pem", "localhost"),
+            upstream("wrongname", proper.port, "ca.pem", "other.example"),
+        );
+        let config = write(dir, "tls.toml", &text);
+        let out = run(&["check-upstreams", "--config", config.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{}\n{}", out.stdout, out.stderr);
+        let line = |name: &str| {
+            out.stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("no row for {name}:\n{}", out.stdout))
+                .to_owned()
+        };
+        for (name, words) in [
+            (
+                "caleaf",
+                "the upstream presents a CA certificate as its own; it must present a leaf certificate signed by ca_file",
+            ),
+            ("stranger", "not signed by a CA in ca_file"),
+            ("wrongname", "set tls_name"),
+        ] {
+            let row = line(name);
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            // The TCP connection and EHLO worked: connect says ok.
+            assert_eq!(columns[2], "ok", "{name}: {row}");
+            assert_eq!(columns[3], "FAILED", "{name}: {row}");
+            assert!(row.contains(words), "{name}: wanted {words:?} in {row}");
+        }
+    })
+    .await
+    .expect("test timed out");
+}
