@@ -73,8 +73,6 @@ pub async fn run(
         other => other.to_string(),
     })?;
     let ctx = ServerContext::new(config).map_err(|e| e.to_string())?;
-    // Held while the demo runs, so `queue flush` knows a relay takes its request.
-    let _running = crate::running::hold(ctx.spool.root());
 
     let here = listeners
         .first()

@@ -19,7 +19,6 @@ pub mod policy;
 pub mod proxy;
 pub mod queue;
 pub mod reply;
-pub mod running;
 pub mod server;
 pub mod session;
 pub mod sink;

@@ -294,6 +294,10 @@ fn open_spool(path: &std::path::Path) -> Result<smarthost::spool::Spool, String>
     smarthost::spool::Spool::inspect(&config.queue.path).map_err(|e| e.to_string())
 }
 
+/// How long `queue flush` waits for a running relay to take its request (it
+/// looks every second).
+const FLUSH_TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn queue(action: QueueAction) -> ExitCode {
     use smarthost::queue::listing;
     let result = match action {
@@ -316,16 +320,24 @@ fn queue(action: QueueAction) -> ExitCode {
         QueueAction::Flush { config } => open_spool(&config.config).and_then(|spool| {
             let request = spool.root().join(smarthost::queue::FLUSH_REQUEST);
             std::fs::write(&request, b"").map_err(|e| format!("{}: {e}", request.display()))?;
-            if smarthost::running::is_running(spool.root()) {
+            // A running relay looks for the request every second and removes
+            // it when it acts on it: watching for that tells the truth without
+            // a lock or pid file (an open file would keep the spool's file
+            // system from being remounted or unmounted).
+            let deadline = std::time::Instant::now() + FLUSH_TAKEN_WITHIN;
+            while request.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if request.exists() {
                 println!(
-                    "flush requested: the running relay retries every queued message within a second"
-                );
-            } else {
-                println!(
-                    "flush requested, but no relay is running on {}: the request is kept \
-                     and every queued message is retried when `smarthost serve` starts",
+                    "flush requested, but no relay took it within {} s: none seems to be running \
+                     on {}. The request is kept: every queued message is retried when \
+                     `smarthost serve` starts",
+                    FLUSH_TAKEN_WITHIN.as_secs(),
                     spool.root().display()
                 );
+            } else {
+                println!("flush requested: the running relay is retrying every queued message now");
             }
             Ok(())
         }),
@@ -415,8 +427,6 @@ fn serve(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        // Held until exit: tells `queue flush` a relay will take its request.
-        let _running = smarthost::running::hold(ctx.spool.root());
         let listeners = match smarthost::bind(&ctx.config).await {
             Ok(l) => l,
             Err(e) => {

@@ -427,17 +427,29 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
         let relay = Relay::start(&h).await;
         let out = run(&["queue", "flush", "--config", &config]);
         assert!(out.status.success(), "{}", out.stderr);
-        assert!(out.stdout.contains("within a second"), "{}", out.stdout);
+        assert!(
+            out.stdout.contains("running relay is retrying"),
+            "{}",
+            out.stdout
+        );
         drop(relay);
 
         let out = run(&["queue", "flush", "--config", &config]);
         assert!(out.status.success(), "{}", out.stderr);
         assert!(
-            out.stdout.contains("no relay is running") && out.stdout.contains("starts"),
+            out.stdout.contains("none seems to be running") && out.stdout.contains("starts"),
             "{}",
             out.stdout
         );
         assert!(!out.stdout.contains("within a second"), "{}", out.stdout);
+        // The request is kept for the next start, which takes it.
+        assert!(h.spool_dir().join("flush-requested").exists());
+        let _relay = Relay::start(&h).await;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while h.spool_dir().join("flush-requested").exists() {
+            assert!(std::time::Instant::now() < deadline, "not taken at start");
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     })
     .await
     .expect("test timed out");
