@@ -46,9 +46,12 @@ enum Command {
         #[command(flatten)]
         config: ConfigArg,
     },
-    /// Validate a config file without starting: loads every certificate, key,
-    /// ca_file, password_file and user hash that serve loads; prints a summary
-    /// and exits 0, or one error (file, line, key, fix) and exits 1.
+    /// Validate a config file without starting.
+    ///
+    /// Loads every certificate, key, ca_file, password_file and user hash that
+    /// serve loads; prints a summary and exits 0, or one error (file, line,
+    /// key, fix) and exits 1. Warnings (wide networks, readable secrets, cheap
+    /// hashes) are printed after the summary.
     CheckConfig {
         #[command(flatten)]
         config: ConfigArg,
