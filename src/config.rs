@@ -317,9 +317,9 @@ struct RawTls {
 #[serde(deny_unknown_fields)]
 struct RawAccess {
     #[serde(default)]
-    relay_networks: Vec<Spanned<IpNet>>,
+    relay_networks: Vec<Spanned<Network>>,
     #[serde(default)]
-    trusted_proxies: Vec<Spanned<IpNet>>,
+    trusted_proxies: Vec<Spanned<Network>>,
     sender_domains: Option<Vec<String>>,
     null_sender: Option<NullSender>,
 }
@@ -366,7 +366,7 @@ struct RawUpstream {
     name: String,
     address: Spanned<String>,
     tls: Spanned<UpstreamTls>,
-    ca_file: Option<PathBuf>,
+    ca_file: Option<Spanned<PathBuf>>,
     tls_name: Option<String>,
     username: Option<String>,
     password_file: Option<Spanned<PathBuf>>,
@@ -385,17 +385,53 @@ struct RawAdmin {
     address: SocketAddr,
 }
 
+/// A network in CIDR form, or a bare address meaning that one host (/32 or
+/// /128), as Postfix's mynetworks reads it. The error names the entry.
+#[derive(Clone, Copy)]
+struct Network(IpNet);
+
+impl<'de> Deserialize<'de> for Network {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let text = text.trim();
+        if let Ok(net) = text.parse::<IpNet>() {
+            return Ok(Network(net));
+        }
+        if let Ok(addr) = text.parse::<std::net::IpAddr>() {
+            return Ok(Network(IpNet::from(addr)));
+        }
+        Err(serde::de::Error::custom(format!(
+            "the entry {text:?} is neither an address nor a network in CIDR form"
+        )))
+    }
+}
+
 /// A duration written as `"30s"`, `"5m"`, `"5d"`; the error carries the fix.
 #[derive(Clone, Copy)]
 struct HumanDuration(Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text)
+        d.deserialize_str(DurationVisitor)
+    }
+}
+
+/// Names what is expected in words (`60` without a unit gets "expected a
+/// duration such as "60s"", not serde's "expected a string").
+struct DurationVisitor;
+
+impl serde::de::Visitor<'_> for DurationVisitor {
+    type Value = HumanDuration;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a duration such as \"60s\"")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<HumanDuration, E> {
+        humantime::parse_duration(text)
             .map(HumanDuration)
             .map_err(|e| {
-                serde::de::Error::custom(format!(
+                E::custom(format!(
                     "invalid duration {text:?} ({e}); write a number and a unit, e.g. \"30s\", \"5m\", \"1h\", \"5d\""
                 ))
             })
@@ -421,7 +457,7 @@ impl Config {
     /// Validates `text` as if read from `path` (relative paths resolve against its directory).
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
         let v = Validator { text, file: path };
-        let mut raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
+        let raw: RawConfig = toml::from_str(text).map_err(|e| v.toml_error(&e))?;
         let base = path
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -528,15 +564,14 @@ impl Config {
 
         // Clients are matched by their canonical address (IPv4-mapped IPv6
         // becomes IPv4), so networks written in mapped form are made IPv4 too.
-        for net in raw
-            .access
-            .relay_networks
-            .iter_mut()
-            .chain(raw.access.trusted_proxies.iter_mut())
-        {
-            *net.get_mut() = canonical_net(*net.get_ref());
-        }
-        if let Some((who, line)) = v.full_cover(&raw.access.relay_networks) {
+        let canonical = |nets: Vec<Spanned<Network>>| -> Vec<Spanned<IpNet>> {
+            nets.into_iter()
+                .map(|n| Spanned::new(n.span(), canonical_net(n.get_ref().0)))
+                .collect()
+        };
+        let relay_networks = canonical(raw.access.relay_networks);
+        let trusted_proxies = canonical(raw.access.trusted_proxies);
+        if let Some((who, line)) = v.full_cover(&relay_networks) {
             return Err(v.error(
                 line,
                 "access.relay_networks",
@@ -544,7 +579,7 @@ impl Config {
                 "list only your own mail servers' networks, e.g. \"192.0.2.10/32\"",
             ));
         }
-        if let Some((who, line)) = v.full_cover(&raw.access.trusted_proxies) {
+        if let Some((who, line)) = v.full_cover(&trusted_proxies) {
             return Err(v.error(
                 line,
                 "access.trusted_proxies",
@@ -555,12 +590,15 @@ impl Config {
                 "list only your load balancers' addresses, e.g. \"192.0.2.5/32\"",
             ));
         }
-        for net in &raw.access.relay_networks {
+        let mut wide_entry = false;
+        for net in &relay_networks {
             let wide = match net.get_ref() {
                 IpNet::V4(n) => n.prefix_len() < 16 && !n.network().is_loopback(),
                 IpNet::V6(n) => n.prefix_len() < 32,
             };
-            if wide {
+            // Private space may be wide: no Internet client comes from it.
+            if wide && public_size(*net.get_ref()) > 0 {
+                wide_entry = true;
                 warnings.push(format!(
                     "access.relay_networks: {} is very wide; everyone in it may relay. Office 365 \
                      sends from ranges shared by all tenants: allow-listing them admits all of \
@@ -569,9 +607,44 @@ impl Config {
                 ));
             }
         }
-        if raw.listener.iter().any(|l| l.get_ref().proxy_protocol)
-            && raw.access.trusted_proxies.is_empty()
-        {
+        for (nets, key, who) in [
+            (&relay_networks, "access.relay_networks", "relay"),
+            (
+                &trusted_proxies,
+                "access.trusted_proxies",
+                "claim any source address",
+            ),
+        ] {
+            match v.public_cover(nets) {
+                Some(PublicCover::Open {
+                    entries,
+                    line,
+                    what,
+                }) => {
+                    return Err(v.error(
+                        line,
+                        key,
+                        format!("{entries} {what} {who}: an open relay"),
+                        "list only your own servers' networks, e.g. \"192.0.2.10/32\"; \
+                         private ranges (10.0.0.0/8, 172.16.0.0/12, 192.168.0.0/16, fc00::/7) may be wide",
+                    ));
+                }
+                // A wide single entry is already warned about above.
+                Some(PublicCover::Wide { .. }) if wide_entry && who == "relay" => {}
+                Some(PublicCover::Wide {
+                    entries,
+                    line,
+                    what,
+                }) => warnings.push(v.warning(
+                    line,
+                    key,
+                    &format!("{entries} {what} {who}"),
+                    "list only your own servers' networks",
+                )),
+                None => {}
+            }
+        }
+        if raw.listener.iter().any(|l| l.get_ref().proxy_protocol) && trusted_proxies.is_empty() {
             return Err(v.error_at_key(
                 "proxy_protocol",
                 "a listener expects PROXY headers but [access] trusted_proxies is empty, so every connection would be closed",
@@ -579,15 +652,11 @@ impl Config {
             ));
         }
         let access = AccessConfig {
-            relay_networks: raw
-                .access
-                .relay_networks
+            relay_networks: relay_networks
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
-            trusted_proxies: raw
-                .access
-                .trusted_proxies
+            trusted_proxies: trusted_proxies
                 .into_iter()
                 .map(Spanned::into_inner)
                 .collect(),
@@ -747,6 +816,16 @@ impl Config {
             let password_file = u.password_file.map(|p| {
                 let line = v.line(p.span().start);
                 let path = resolve(p.into_inner());
+                // Read now, as serve will: a missing file is a config error
+                // with its line, not a start-up failure.
+                if let Err(e) = std::fs::read(&path) {
+                    return Err(v.error(
+                        line,
+                        "upstream.password_file",
+                        format!("upstream {:?}: cannot read {}: {e}", u.name, path.display()),
+                        "point it at a file holding the upstream password on one line, readable by the relay's user",
+                    ));
+                }
                 if let Some(mode) = loose_mode(&path) {
                     warnings.push(v.warning(
                         line,
@@ -759,13 +838,30 @@ impl Config {
                         &format!("chmod 600 {}", path.display()),
                     ));
                 }
-                path
-            });
+                Ok(path)
+            }).transpose()?;
+            let ca_file = match u.ca_file {
+                Some(c) => {
+                    let line = v.line(c.span().start);
+                    let path = resolve(c.into_inner());
+                    // The same loading serve does, so check-config passing means serve starts.
+                    if let Err(e) = crate::outbound::tls::client_config(Some(&path)) {
+                        return Err(v.error(
+                            line,
+                            "upstream.ca_file",
+                            format!("upstream {:?}: {e}", u.name),
+                            "point it at a readable PEM file holding the CA certificate(s) that signed the upstream's certificate",
+                        ));
+                    }
+                    Some(path)
+                }
+                None => None,
+            };
             upstreams.push(UpstreamConfig {
                 name: u.name,
                 address,
                 tls,
-                ca_file: u.ca_file.map(&resolve),
+                ca_file,
                 tls_name: u.tls_name,
                 username: u.username,
                 password_file,
@@ -935,6 +1031,83 @@ fn canonical_net(net: IpNet) -> IpNet {
     }
 }
 
+/// Space that may be listed as widely as one likes: no Internet client
+/// comes from it (RFC 1918, loopback, RFC 4193 unique local, link-local).
+const PRIVATE: [&str; 8] = [
+    "10.0.0.0/8",
+    "172.16.0.0/12",
+    "192.168.0.0/16",
+    "127.0.0.0/8",
+    "169.254.0.0/16",
+    "fc00::/7",
+    "fe80::/10",
+    "::1/128",
+];
+
+/// IPv4: a /1 holds at least 2^31 - 2^25 public addresses (0.0.0.0/1 less
+/// 10/8 and 127/8), so any list holding a /1 of public space reaches this.
+const OPEN_V4: u128 = (1 << 31) - (1 << 25);
+/// IPv4: every /8 but 10/8 and 127/8 holds at least 2^24 - 2^20 public
+/// addresses (172.0.0.0/8 less 172.16/12): warn from there.
+const WIDE_V4: u128 = (1 << 24) - (1 << 20);
+/// IPv6 global unicast (RFC 4291 §2.4): 2000::/3 is all of it; a list that
+/// covers it is open, and from a /8's worth it is wide.
+const OPEN_V6: u128 = 1 << 125;
+const WIDE_V6: u128 = 1 << 120;
+
+/// How much public space a list of networks lets in, when it is too much.
+enum PublicCover {
+    /// At least a /1 of public IPv4 or all of 2000::/3.
+    Open {
+        entries: String,
+        line: usize,
+        what: String,
+    },
+    /// At least a /8's worth: allowed, with a warning.
+    Wide {
+        entries: String,
+        line: usize,
+        what: String,
+    },
+}
+
+/// The number of addresses of `net` outside `PRIVATE` (IPv4) or inside
+/// 2000::/3 (IPv6). Prefixes either nest or are disjoint, so the overlaps
+/// with the disjoint private ranges are subtracted exactly.
+fn public_size(net: IpNet) -> u128 {
+    let size = |n: IpNet| -> u128 {
+        let bits = n.max_prefix_len() - n.prefix_len();
+        if bits >= 128 {
+            u128::MAX
+        } else {
+            1u128 << bits
+        }
+    };
+    let overlap = |a: IpNet, b: IpNet| -> u128 {
+        if a.contains(&b) {
+            size(b)
+        } else if b.contains(&a) {
+            size(a)
+        } else {
+            0
+        }
+    };
+    match net {
+        IpNet::V4(_) => {
+            let private: u128 = PRIVATE
+                .iter()
+                .filter_map(|p| p.parse::<IpNet>().ok())
+                .map(|p| overlap(net, p))
+                .sum();
+            size(net) - private
+        }
+        IpNet::V6(_) => {
+            let unicast: IpNet = "2000::/3".parse().expect("a valid network");
+            overlap(net, unicast)
+        }
+    }
+}
+
 /// OWASP Password Storage Cheat Sheet, argon2id: its equally strong
 /// (memory KiB, passes) pairs, each with one lane.
 const OWASP_ARGON2ID: [(u32, u32); 5] = [
@@ -971,6 +1144,41 @@ fn system_hostname() -> String {
         .ok()
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| "localhost".into())
+}
+
+/// How fixes name the reference config: an administrator who installed the
+/// binary has no repository, so say what the file is and where it comes from.
+const EXAMPLE: &str = "the example config (config/smarthost.toml in the source)";
+
+/// Serde's type names in words an administrator uses.
+fn administrator_words(message: &str) -> String {
+    let mut m = message.to_owned();
+    for t in ["usize", "u64", "u32", "u16", "u8", "i64"] {
+        m = m.replace(&format!("expected {t}"), "expected a whole number");
+    }
+    m
+}
+
+/// `X` in a message that says `the entry "X"`.
+fn quoted_entry(problem: &str) -> Option<&str> {
+    let rest = problem.split_once("the entry \"")?.1;
+    rest.split_once('"').map(|(e, _)| e)
+}
+
+/// Levenshtein distance, for "did you mean" on short names.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let cur = row[j + 1];
+            row[j + 1] = (prev + usize::from(ca != *cb)).min(row[j] + 1).min(cur + 1);
+            prev = cur;
+        }
+    }
+    row[b.len()]
 }
 
 /// Turns positions in the file into line numbers and key paths for errors.
@@ -1100,26 +1308,156 @@ impl Validator<'_> {
         None
     }
 
+    /// When the union of `nets` (canonical) holds a /1 of public IPv4 space
+    /// or all of 2000::/3 (`Open`), or a /8's worth (`Wide`): the entries that
+    /// bring public space, up to the one that crosses the line, and its line.
+    fn public_cover(&self, nets: &[Spanned<IpNet>]) -> Option<PublicCover> {
+        let mut found = None;
+        for v4 in [true, false] {
+            let (open, wide) = if v4 {
+                (OPEN_V4, WIDE_V4)
+            } else {
+                (OPEN_V6, WIDE_V6)
+            };
+            let mut union: Vec<IpNet> = Vec::new();
+            let mut wide_at = None;
+            for (i, net) in nets.iter().enumerate() {
+                if net.get_ref().network().is_ipv4() != v4 {
+                    continue;
+                }
+                union.push(*net.get_ref());
+                let public: u128 = IpNet::aggregate(&union)
+                    .into_iter()
+                    .map(public_size)
+                    .fold(0, u128::saturating_add);
+                let describe = || {
+                    let entries: Vec<String> = nets[..=i]
+                        .iter()
+                        .filter(|n| {
+                            n.get_ref().network().is_ipv4() == v4 && public_size(*n.get_ref()) > 0
+                        })
+                        .map(|n| {
+                            format!(
+                                "\"{}\"",
+                                self.text[n.span()].trim_matches(|c| c == '"' || c == '\'')
+                            )
+                        })
+                        .collect();
+                    let verb = if entries.len() == 1 {
+                        "lets"
+                    } else {
+                        "together let"
+                    };
+                    let what = if v4 {
+                        format!("{verb} {public} public IPv4 addresses")
+                    } else {
+                        format!(
+                            "{verb} {} of the global unicast IPv6 space (2000::/3)",
+                            if public >= OPEN_V6 {
+                                "all".to_owned()
+                            } else {
+                                format!("1/{}", OPEN_V6 / public.max(1))
+                            }
+                        )
+                    };
+                    (entries.join(", "), self.line(net.span().start), what)
+                };
+                if public >= open {
+                    let (entries, line, what) = describe();
+                    return Some(PublicCover::Open {
+                        entries,
+                        line,
+                        what,
+                    });
+                }
+                if public >= wide && wide_at.is_none() {
+                    wide_at = Some(describe());
+                }
+            }
+            if found.is_none() {
+                found = wide_at.map(|(entries, line, what)| PublicCover::Wide {
+                    entries,
+                    line,
+                    what,
+                });
+            }
+        }
+        found
+    }
+
     fn toml_error(&self, e: &toml::de::Error) -> ConfigError {
-        let (line, key) = match e.span() {
+        let span = e.span();
+        let (mut line, mut key) = match span.clone() {
             Some(span) => self.locate(span),
             None => (0, String::new()),
         };
-        let problem = e.message().trim().to_owned();
-        let fix: String = if problem.starts_with("unknown field") {
-            "remove the key or correct its spelling; config/smarthost.toml lists every key".into()
+        let mut problem = administrator_words(e.message().trim());
+        // An entry of a list split over lines: point at the entry itself.
+        if let (Some(span), Some(entry)) = (span.clone(), quoted_entry(&problem)) {
+            let within = &self.text[span.start.min(self.text.len())..span.end.min(self.text.len())];
+            if let Some(at) = within.find(&format!("\"{entry}\"")) {
+                line = self.line(span.start + at);
+            }
+        }
+        let header = span
+            .map(|s| self.line_text(s.start).trim())
+            .filter(|l| l.starts_with('['));
+        let fix: String = if let (true, Some(header)) =
+            (problem.starts_with("unknown field"), header)
+        {
+            // `[acess]`: the misspelt name is a section, not a key of the one above.
+            let name = header
+                .trim_matches(|c| c == '[' || c == ']')
+                .trim()
+                .to_owned();
+            let known: Vec<String> = problem
+                .split_once("expected one of")
+                .map(|(_, l)| {
+                    l.split(',')
+                        .map(|k| k.trim().trim_matches('`').to_owned())
+                        // Top-level keys, not sections.
+                        .filter(|k| k != "hostname" && k != "postmaster")
+                        .collect()
+                })
+                .unwrap_or_default();
+            problem = format!(
+                "unknown section {header}; the sections are {}",
+                known
+                    .iter()
+                    .map(|k| format!("[{k}]"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            key = name.clone();
+            match known.iter().min_by_key(|k| edit_distance(k, &name)) {
+                Some(near) if edit_distance(near, &name) <= 2 => {
+                    format!("did you mean [{near}]? {EXAMPLE} shows every section")
+                }
+                _ => format!("correct the section name; {EXAMPLE} shows every section"),
+            }
+        } else if problem.starts_with("unknown field") {
+            format!("remove the key or correct its spelling; {EXAMPLE} lists every key")
         } else if problem.starts_with("missing field") {
-            "add the key; config/smarthost.toml shows each with an example".into()
-        } else if problem.contains("invalid IP address syntax") {
-            "write a network in CIDR form, e.g. \"10.0.0.0/8\" or \"2001:db8::/48\"".into()
+            format!("add the key; {EXAMPLE} shows each with an example")
+        } else if problem.contains("neither an address nor a network") {
+            "write an address (\"192.0.2.10\", \"2001:db8::10\") or a network in CIDR form (\"10.0.0.0/8\", \"2001:db8::/48\")".into()
         } else if problem.contains("socket address") {
             "write an address and a port, e.g. \"0.0.0.0:25\" or \"[::]:25\"".into()
         } else if problem.contains("duration") {
-            "write a number and a unit, e.g. \"30s\", \"5m\", \"5d\"".into()
+            "write a number and a unit in quotes, e.g. \"30s\", \"5m\", \"5d\"".into()
+        } else if problem.contains("a whole number") {
+            "write digits without quotes, e.g. 100".into()
         } else {
-            "see config/smarthost.toml for the expected form".into()
+            format!("see {EXAMPLE} for the expected form")
         };
         self.error(line, &key, problem, fix)
+    }
+
+    /// The whole line holding byte `offset`.
+    fn line_text(&self, offset: usize) -> &str {
+        let start = offset.min(self.text.len());
+        let line_start = self.text[..start].rfind('\n').map_or(0, |i| i + 1);
+        self.text[line_start..].lines().next().unwrap_or("")
     }
 
     fn limits(&self, raw: RawLimits) -> Result<Limits, ConfigError> {
@@ -1277,12 +1615,46 @@ mod tests {
         );
         let e = parse(&all).unwrap_err();
         assert!(e.problem.contains("every IPv6 address"), "{e}");
-        // One sibling fewer leaves a real gap: accepted (with wide warnings).
+        // Without 2000::/3 (all public IPv6 space) there is a real gap, and
+        // what is left is not public: accepted.
+        assert_eq!(nets[2], "\"2000::/3\"");
         let gap = format!(
-            "{MINIMAL}[access]\nrelay_networks = [{}]\n",
-            nets[1..].join(", ")
+            "{MINIMAL}[access]\nrelay_networks = [{}, {}]\n",
+            nets[..2].join(", "),
+            nets[3..].join(", ")
         );
         assert!(parse(&gap).is_ok());
+    }
+
+    #[test]
+    fn public_space_is_counted_without_private_ranges() {
+        let n = |s: &str| public_size(s.parse().unwrap());
+        assert_eq!(n("0.0.0.0/1"), OPEN_V4);
+        assert!(n("128.0.0.0/1") >= OPEN_V4);
+        assert_eq!(n("10.0.0.0/8"), 0);
+        assert_eq!(n("172.0.0.0/8"), WIDE_V4);
+        assert_eq!(n("192.0.2.1/32"), 1);
+        assert_eq!(n("::/0"), OPEN_V6);
+        assert_eq!(n("fc00::/7"), 0);
+        assert_eq!(n("2001:db8::/32"), 1 << 96);
+    }
+
+    #[test]
+    fn bare_addresses_are_single_hosts() {
+        let c = parse(&format!(
+            "{MINIMAL}[access]\nrelay_networks = [\"10.1.2.3\", \"2001:db8::1\"]\ntrusted_proxies = [\"192.0.2.5\"]\n"
+        ))
+        .unwrap();
+        let nets = |v: &[&str]| {
+            v.iter()
+                .map(|n| n.parse::<IpNet>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            c.access.relay_networks,
+            nets(&["10.1.2.3/32", "2001:db8::1/128"])
+        );
+        assert_eq!(c.access.trusted_proxies, nets(&["192.0.2.5/32"]));
     }
 
     #[test]

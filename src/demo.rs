@@ -65,7 +65,13 @@ pub async fn run(
     let config_path = state.join("smarthost.toml");
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let config = Config::parse(&text, &config_path).map_err(|e| e.to_string())?;
-    let listeners = server::bind(&config).await.map_err(|e| e.to_string())?;
+    let listeners = server::bind(&config).await.map_err(|e| match e {
+        server::StartError::Listen { .. } => format!(
+            "{e}\n  fix: another program uses that port; pick a free one with `{} demo --listen 127.0.0.1:2526`",
+            this_program()
+        ),
+        other => other.to_string(),
+    })?;
     let ctx = ServerContext::new(config).map_err(|e| e.to_string())?;
 
     let here = listeners
@@ -87,13 +93,32 @@ pub async fn run(
         here.port()
     );
     println!(
-        "See the queue:  smarthost queue list --config {}",
-        config_path.display()
+        "See the queue:  {} queue list --config {}",
+        this_program(),
+        shell_word(&config_path.display().to_string())
     );
     println!("Stop with Ctrl-C.\n");
 
     server::serve(listeners, ctx, shutdown).await;
     Ok(())
+}
+
+/// How to run this very program again from a shell: the path of the running
+/// executable, since `smarthost` is not on PATH when started by `cargo run`.
+fn this_program() -> String {
+    std::env::current_exe()
+        .map(|p| shell_word(&p.display().to_string()))
+        .unwrap_or_else(|_| "smarthost".into())
+}
+
+/// `text` quoted for a POSIX shell when it holds anything but safe characters.
+fn shell_word(text: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+:@=,".contains(c);
+    if !text.is_empty() && text.chars().all(safe) {
+        text.to_owned()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// The demo's self-signed ECDSA certificate, made on first start and kept.

@@ -11,49 +11,85 @@ use tracing::{error, info, warn};
 use smarthost::{Config, ServerContext};
 
 #[derive(Parser)]
-#[command(name = "smarthost", version, about = "An SMTP smart-host relay")]
+#[command(
+    name = "smarthost",
+    version,
+    about = "An SMTP smart-host relay: accepts mail from Exchange / Office 365 over TLS and forwards it to upstream smart hosts",
+    after_help = "Start with `smarthost demo`, or write a config (the example config is config/smarthost.toml in the source), check it with `smarthost check-config --config PATH`, then `smarthost serve --config PATH`."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
 }
 
+/// The config file every command that reads one takes.
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The TOML config file (relative paths inside it resolve against its directory).
+    #[arg(long, value_name = "PATH")]
+    config: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run the relay in the foreground, logging to stderr.
+    ///
+    /// Signals: SIGTERM or SIGINT stops accepting, lets open sessions finish
+    /// (idle ones get 421 4.3.2) for up to limits.shutdown_grace, and exits 0.
+    /// SIGHUP reloads the config for new connections (certificates, users,
+    /// networks, limits, upstreams, routes); a bad config is logged and the
+    /// running one stays.
+    ///
+    /// Logging: RUST_LOG sets the level or filter (default "info"; e.g.
+    /// RUST_LOG=debug, or RUST_LOG=smarthost=debug).
     Serve {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Log lines as "text" or "json" (one object per line); overrides `[log] format`.
         #[arg(long, value_name = "text|json")]
         log_format: Option<smarthost::config::LogFormat>,
     },
     /// Validate a config file without starting.
+    ///
+    /// Loads every certificate, key, ca_file, password_file and user hash that
+    /// serve loads; prints a summary and exits 0, or one error (file, line,
+    /// key, fix) and exits 1. Warnings (wide networks, readable secrets, cheap
+    /// hashes) are printed after the summary.
     CheckConfig {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
-    /// Read one password line on stdin and print an argon2id PHC string.
+    /// Print the argon2id hash of a password for `[[user]] password_hash`.
+    ///
+    /// On a terminal it prompts without echo; otherwise it reads one line
+    /// from stdin (e.g. `printf '%s\n' "$PASSWORD" | smarthost hash-password`).
     HashPassword,
     /// For each upstream: resolve, connect, EHLO, STARTTLS, certificate, AUTH; exit 1 if any failed.
     CheckUpstreams {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// A minimal upstream for trying a setup out: accepts every message and
     /// writes each, as received, to its own file in DIR.
     Sink {
-        #[arg(long)]
+        /// The address and port to listen on, e.g. 127.0.0.1:2526.
+        #[arg(long, value_name = "ADDR")]
         listen: std::net::SocketAddr,
-        #[arg(long)]
+        /// The directory each received message is written to (created if missing).
+        #[arg(long, value_name = "DIR")]
         dir: PathBuf,
-        #[arg(long, requires = "tls_key")]
+        /// A PEM certificate chain: offer STARTTLS with it (needs --tls-key).
+        #[arg(long, requires = "tls_key", value_name = "PEM")]
         tls_cert: Option<PathBuf>,
-        #[arg(long, requires = "tls_cert")]
+        /// The PEM private key of --tls-cert.
+        #[arg(long, requires = "tls_cert", value_name = "PEM")]
         tls_key: Option<PathBuf>,
     },
-    /// The out-of-the-box run: a relay delivering round-robin to two sinks on loopback.
+    /// The out-of-the-box run: a relay delivering round-robin to two sinks on
+    /// loopback, with its state in ./smarthost-demo.
     Demo {
-        #[arg(long, default_value = "127.0.0.1:2525")]
+        /// The relay's address and port; pick another if 2525 is taken.
+        #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR")]
         listen: std::net::SocketAddr,
     },
     /// Inspect and manage the queue (works while the relay runs).
@@ -67,33 +103,34 @@ enum Command {
 enum QueueAction {
     /// One line per queued message: id, age, sender, recipients and their state, last reply.
     List {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
         /// Machine-readable output.
         #[arg(long)]
         json: bool,
     },
-    /// Retry every queued message now.
+    /// Retry every queued message now (at the next start if no relay runs).
     Flush {
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
     /// Drop one message (no bounce is sent).
     Delete {
+        /// The queue id, as `queue list` shows it and the 250 reply named it.
         id: String,
-        #[arg(long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Serve { config, log_format } => serve(config, log_format),
-        Command::CheckConfig { config } => check_config(config),
+        Command::Serve { config, log_format } => serve(config.config, log_format),
+        Command::CheckConfig { config } => check_config(config.config),
         Command::HashPassword => hash_password(),
         Command::Queue { action } => queue(action),
-        Command::CheckUpstreams { config } => check_upstreams(config),
+        Command::CheckUpstreams { config } => check_upstreams(config.config),
         Command::Sink {
             listen,
             dir,
@@ -226,8 +263,26 @@ fn check_upstreams(path: PathBuf) -> ExitCode {
                     );
                 }
                 Err(e) => {
+                    use smarthost::outbound::client::{Stage, UpstreamError};
                     failed = true;
-                    row("-", "-", "-", "-", &format!("FAILED: {e}"));
+                    // How far it got: the TCP connection worked unless the
+                    // error is about connecting.
+                    let connect = match &e {
+                        UpstreamError::Connect(_) | UpstreamError::Timeout(Stage::Connect) => {
+                            "FAILED"
+                        }
+                        _ => "ok",
+                    };
+                    let starttls = match &e {
+                        UpstreamError::Tls(_) | UpstreamError::Timeout(Stage::StartTls) => "FAILED",
+                        UpstreamError::NoStartTls => "no",
+                        UpstreamError::Rejected {
+                            stage: Stage::StartTls,
+                            ..
+                        } => "refused",
+                        _ => "-",
+                    };
+                    row(connect, starttls, "-", "-", &format!("FAILED: {e}"));
                 }
             }
         }
@@ -245,10 +300,14 @@ fn open_spool(path: &std::path::Path) -> Result<smarthost::spool::Spool, String>
     smarthost::spool::Spool::inspect(&config.queue.path).map_err(|e| e.to_string())
 }
 
+/// How long `queue flush` waits for a running relay to take its request (it
+/// looks every second).
+const FLUSH_TAKEN_WITHIN: std::time::Duration = std::time::Duration::from_secs(3);
+
 fn queue(action: QueueAction) -> ExitCode {
     use smarthost::queue::listing;
     let result = match action {
-        QueueAction::List { config, json } => open_spool(&config).and_then(|spool| {
+        QueueAction::List { config, json } => open_spool(&config.config).and_then(|spool| {
             let (entries, problems) = listing::entries(&spool).map_err(|e| e.to_string())?;
             if json {
                 let text = serde_json::to_string_pretty(&entries).map_err(|e| e.to_string())?;
@@ -264,15 +323,31 @@ fn queue(action: QueueAction) -> ExitCode {
             }
             Ok(())
         }),
-        QueueAction::Flush { config } => open_spool(&config).and_then(|spool| {
+        QueueAction::Flush { config } => open_spool(&config.config).and_then(|spool| {
             let request = spool.root().join(smarthost::queue::FLUSH_REQUEST);
             std::fs::write(&request, b"").map_err(|e| format!("{}: {e}", request.display()))?;
-            println!(
-                "flush requested: the running relay retries every queued message within a second"
-            );
+            // A running relay looks for the request every second and removes
+            // it when it acts on it: watching for that tells the truth without
+            // a lock or pid file (an open file would keep the spool's file
+            // system from being remounted or unmounted).
+            let deadline = std::time::Instant::now() + FLUSH_TAKEN_WITHIN;
+            while request.exists() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            if request.exists() {
+                println!(
+                    "flush requested, but no relay took it within {} s: none seems to be running \
+                     on {}. The request is kept: every queued message is retried when \
+                     `smarthost serve` starts",
+                    FLUSH_TAKEN_WITHIN.as_secs(),
+                    spool.root().display()
+                );
+            } else {
+                println!("flush requested: the running relay is retrying every queued message now");
+            }
             Ok(())
         }),
-        QueueAction::Delete { id, config } => open_spool(&config).and_then(|spool| {
+        QueueAction::Delete { id, config } => open_spool(&config.config).and_then(|spool| {
             // Queue ids are hex: anything else could point outside the spool.
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("{id:?} is not a queue id"));
@@ -466,12 +541,13 @@ async fn stop_on_signal(shutdown: CancellationToken) {
 
 fn hash_password() -> ExitCode {
     use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    let mut line = String::new();
-    if std::io::stdin().lock().read_line(&mut line).is_err() {
-        eprintln!("error: cannot read a password from stdin");
-        return ExitCode::FAILURE;
-    }
-    let password = line.trim_end_matches(['\r', '\n']);
+    let password = match read_password() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     if password.is_empty() {
         eprintln!("error: empty password");
         return ExitCode::FAILURE;
@@ -485,6 +561,68 @@ fn hash_password() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// The password: typed twice without echo on a terminal, else one line of stdin.
+fn read_password() -> Result<String, String> {
+    let line = |prompt: Option<&str>| -> Result<String, String> {
+        if let Some(p) = prompt {
+            eprint!("{p}");
+        }
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read a password from stdin: {e}"))?;
+        Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    if !std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        return line(None);
+    }
+    let _quiet = NoEcho::on_stdin().map_err(|e| format!("cannot turn off echo: {e}"))?;
+    let first = line(Some("Password: "))?;
+    eprintln!();
+    let again = line(Some("Again: "))?;
+    eprintln!();
+    if first != again {
+        return Err("the two passwords differ".into());
+    }
+    Ok(first)
+}
+
+/// Terminal echo off on stdin until dropped. termios through libc (already a
+/// dependency) rather than a crate: it is two calls, and the guard restores
+/// the saved settings on every path out, errors included.
+struct NoEcho {
+    saved: libc::termios,
+}
+
+impl NoEcho {
+    fn on_stdin() -> std::io::Result<NoEcho> {
+        // SAFETY: tcgetattr fills the zeroed termios (plain data) for fd 0;
+        // tcsetattr only reads it.
+        unsafe {
+            let mut saved: libc::termios = std::mem::zeroed();
+            if libc::tcgetattr(libc::STDIN_FILENO, &mut saved) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut quiet = saved;
+            quiet.c_lflag &= !(libc::ECHO | libc::ECHOE | libc::ECHOK);
+            if libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &quiet) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(NoEcho { saved })
+        }
+    }
+}
+
+impl Drop for NoEcho {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `on_stdin` on the same fd.
+        unsafe {
+            libc::tcsetattr(libc::STDIN_FILENO, libc::TCSAFLUSH, &self.saved);
         }
     }
 }

@@ -50,9 +50,8 @@ pub enum StartError {
 impl ServerContext {
     /// Loads certificates and opens the spool (clearing crash debris).
     pub fn new(config: Config) -> Result<Arc<ServerContext>, StartError> {
-        if config.tls.is_none() {
-            warn!("no [tls] section: using a self-signed ECDSA certificate made now");
-        }
+        // No warning here about a missing [tls]: the config's own warning says
+        // it, once per start and once per reload.
         let tls = tls::server_config(config.tls.as_ref(), &config.hostname)?;
         let spool = Spool::open(&config.queue.path).map_err(|source| StartError::Spool {
             path: config.queue.path.display().to_string(),

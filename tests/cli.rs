@@ -324,10 +324,10 @@ fn check_config_refuses_trusted_proxies_that_cover_everyone() {
             assert_serve_refuses(&path, "access.trusted_proxies");
         }
     }
-    // Wide but not everything: accepted.
+    // Wide but not open: accepted.
     let text = GOOD.replacen(
         RELAY_LINE,
-        &format!("{RELAY_LINE}\ntrusted_proxies = [\"0.0.0.0/1\", \"192.0.2.5/32\"]"),
+        &format!("{RELAY_LINE}\ntrusted_proxies = [\"64.0.0.0/9\", \"192.0.2.5/32\"]"),
         1,
     );
     let out = check_config(&write_config(&h, "proxies-ok.toml", &text));
@@ -353,11 +353,15 @@ fn check_config_refuses_relay_networks_whose_union_covers_everyone() {
             assert_serve_refuses(&path, "access.relay_networks");
         }
     }
-    // Half of IPv4 is not everything: accepted, with the warning it always had.
-    let text = GOOD.replacen(RELAY_LINE, "relay_networks = [\"0.0.0.0/1\", \"::/1\"]", 1);
+    // A public /9 is wide but not open: accepted, with the warning it always had.
+    let text = GOOD.replacen(
+        RELAY_LINE,
+        "relay_networks = [\"64.0.0.0/9\", \"2001:db8::/31\"]",
+        1,
+    );
     let out = check_config(&write_config(&h, "relay-wide.toml", &text));
     assert!(out.status.success(), "{}{}", out.stdout, out.stderr);
-    for net in ["0.0.0.0/1", "::/1"] {
+    for net in ["64.0.0.0/9", "2001:db8::/31"] {
         assert!(
             out.stdout
                 .lines()

@@ -112,3 +112,76 @@ impl ServerCertVerifier for AnyCertificate {
         self.0.signature_verification_algorithms.supported_schemes()
     }
 }
+
+/// A failed client handshake in an administrator's words, followed by the
+/// library's own text (for searching): what `check-upstreams` prints and
+/// what a deferral records.
+pub fn explain_handshake_error(e: &std::io::Error) -> String {
+    use rustls::{CertificateError, Error};
+    let original = e.to_string();
+    let Some(tls) = e.get_ref().and_then(|i| i.downcast_ref::<Error>()) else {
+        return original;
+    };
+    let words = match tls {
+        Error::InvalidCertificate(c) => match c {
+            CertificateError::UnknownIssuer => {
+                "the upstream's certificate is not signed by a CA in ca_file nor by a public CA \
+                 (or the upstream does not send its intermediate certificates); set ca_file to \
+                 the CA that signed it"
+                    .into()
+            }
+            CertificateError::NotValidForName => {
+                "the upstream's certificate does not carry the name we connect to; set tls_name \
+                 to a name it carries"
+                    .into()
+            }
+            CertificateError::NotValidForNameContext {
+                expected,
+                presented,
+            } => format!(
+                "the upstream's certificate is for {} but we connect to {expected:?}; set \
+                 tls_name to a name it carries",
+                if presented.is_empty() {
+                    "no name".to_owned()
+                } else {
+                    presented.join(", ")
+                }
+            ),
+            CertificateError::Expired | CertificateError::ExpiredContext { .. } => {
+                "the upstream's certificate has expired".into()
+            }
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. } => {
+                "the upstream's certificate is not valid yet (check both clocks)".into()
+            }
+            CertificateError::Revoked => "the upstream's certificate was revoked".into(),
+            CertificateError::BadEncoding => "the upstream's certificate cannot be parsed".into(),
+            CertificateError::BadSignature => {
+                "the upstream's certificate is not signed by the CA it names".into()
+            }
+            // webpki's CaUsedAsEndEntity reaches us only as an opaque
+            // `Other`; its name is the one stable thing to recognise it by.
+            CertificateError::Other(other)
+                if format!("{other:?}").contains("CaUsedAsEndEntity") =>
+            {
+                "the upstream presents a CA certificate as its own; it must present a leaf \
+                 certificate signed by ca_file"
+                    .into()
+            }
+            _ => "the upstream's certificate was refused".into(),
+        },
+        Error::AlertReceived(alert) => format!(
+            "the upstream ended the handshake (TLS alert {alert:?}): it may not accept TLS 1.2/1.3 \
+             or our cipher suites"
+        ),
+        Error::PeerIncompatible(_) => {
+            "the upstream and smarthost share no TLS version or cipher suite (smarthost speaks \
+             TLS 1.2 and 1.3)"
+                .into()
+        }
+        Error::InvalidMessage(_) => {
+            "the upstream did not speak TLS after its 220 to STARTTLS".into()
+        }
+        _ => return original,
+    };
+    format!("{words} ({original})")
+}

@@ -149,7 +149,7 @@ impl Wire {
         let connector = tokio_rustls::TlsConnector::from(config);
         match tokio::time::timeout(limit, connector.connect(name, tcp)).await {
             Err(_) => Err(UpstreamError::Timeout(Stage::StartTls)),
-            Ok(Err(e)) => Err(UpstreamError::Tls(e.to_string())),
+            Ok(Err(e)) => Err(UpstreamError::Tls(super::tls::explain_handshake_error(&e))),
             Ok(Ok(tls)) => Ok(Wire {
                 stream: Stream::Tls(Box::new(tls)),
                 buf: Vec::new(),
