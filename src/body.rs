@@ -160,6 +160,7 @@ impl Content {
         let data = std::mem::take(&mut self.data);
         if !data.is_empty() {
             self.taken += data.len() as u64;
+            // Canonical: every LF is a CRLF's.
             self.taken_ends_in_crlf = data.ends_with(b"\n");
             self.copy_head(&data);
         }
