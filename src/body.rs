@@ -3,6 +3,9 @@
 //! `Content` enforces the size limit while bytes stream in (memory stays bounded:
 //! once over the limit the bytes are counted and dropped, so the stream can be
 //! read to its real end and answered in sync) and makes line endings canonical.
+//! The canonical bytes wait in `Content` until the session takes them for the
+//! spool (`take`), so a large message never sits whole in memory; a small one
+//! is all taken at `finish`.
 //! A bare CR or LF is either turned into CRLF or makes the message refused
 //! (`bare_line_endings`), so what we store and later relay never holds one:
 //! mismatched ideas of "end of line" between MTAs are what SMTP smuggling
@@ -17,9 +20,29 @@ use crate::spool::TlsInfo;
 /// RFC 5321 §6.3: this many Received headers means a loop.
 pub const MAX_RECEIVED_HEADERS: usize = 50;
 
+/// How much of the header section is kept to count Received headers in once
+/// content has been taken away (a message under it is counted in full).
+/// Each hop's trace block (its Received header and whatever else it adds on
+/// top, e.g. Exchange Online's X-MS-Exchange-* fields) is at most a few KiB,
+/// so 50 hops fit; past 256 KiB of header the count is of the first 256 KiB
+/// only (Postfix stops reading headers at 100 KiB, `header_size_limit`),
+/// and a loop there still ends at the size limit. Kept only while the header
+/// section is unfinished: a few KiB for real mail, never more than this.
+pub const HEADER_COPY_MAX: usize = 256 * 1024;
+
 /// The content of one message being received.
 pub struct Content {
+    /// Canonical content not yet taken (all of it until `take` is used).
     data: Vec<u8>,
+    /// Bytes of canonical content taken out before `data`.
+    taken: u64,
+    /// What was taken so far ended in CRLF (or nothing was taken).
+    taken_ends_in_crlf: bool,
+    /// The start of the header section, copied from what was taken, for the
+    /// hop count; up to its blank line or `HEADER_COPY_MAX`.
+    head: Vec<u8>,
+    /// `head` holds the whole header section, or all it ever will.
+    head_done: bool,
     /// The last byte pushed was a CR whose LF may be in the next push.
     pending_cr: bool,
     /// Bytes received (after dot-unstuffing), whether kept or not.
@@ -35,6 +58,10 @@ impl Content {
     pub fn new(limit: usize, mode: BareLineEndings) -> Content {
         Content {
             data: Vec::new(),
+            taken: 0,
+            taken_ends_in_crlf: true,
+            head: Vec::new(),
+            head_done: false,
             pending_cr: false,
             received: 0,
             limit: limit as u64,
@@ -122,7 +149,61 @@ impl Content {
         self.data.extend_from_slice(b"\r\n");
     }
 
-    /// The finished content, ending in CRLF, or why it is refused.
+    /// The start of the message as received so far (the header copy once
+    /// content has been taken out), e.g. to find its Message-ID.
+    pub fn start(&self) -> &[u8] {
+        if self.taken == 0 {
+            &self.data
+        } else {
+            &self.head
+        }
+    }
+
+    /// Canonical bytes waiting to be taken.
+    pub fn pending(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Takes the canonical bytes received so far (to be written out); later
+    /// ones start a new buffer, `reuse`'s if given back.
+    pub fn take(&mut self) -> Vec<u8> {
+        let data = std::mem::take(&mut self.data);
+        if !data.is_empty() {
+            self.taken += data.len() as u64;
+            // Canonical: every LF is a CRLF's.
+            self.taken_ends_in_crlf = data.ends_with(b"\n");
+            self.copy_head(&data);
+        }
+        data
+    }
+
+    /// Gives a buffer from `take` back, so the next one needs no allocation.
+    pub fn reuse(&mut self, mut buffer: Vec<u8>) {
+        if self.data.is_empty() {
+            buffer.clear();
+            self.data = buffer;
+        }
+    }
+
+    /// Keeps the start of the header section while it goes out in pieces.
+    fn copy_head(&mut self, bytes: &[u8]) {
+        if self.head_done {
+            return;
+        }
+        let from = self.head.len().saturating_sub(3);
+        let n = bytes.len().min(HEADER_COPY_MAX - self.head.len());
+        self.head.extend_from_slice(&bytes[..n]);
+        // RFC 5322 §2.1: the header section ends at the first empty line.
+        if let Some(at) = memchr::memmem::find(&self.head[from..], b"\r\n\r\n") {
+            self.head.truncate(from + at + 4);
+            self.head_done = true;
+        } else if self.head.len() == HEADER_COPY_MAX {
+            self.head_done = true;
+        }
+    }
+
+    /// The rest of the content (everything not taken), ending in CRLF, or why
+    /// the message is refused.
     pub fn finish(mut self) -> Result<Vec<u8>, SmtpError> {
         if self.pending_cr {
             self.pending_cr = false;
@@ -131,11 +212,24 @@ impl Content {
         if let Some(refusal) = self.refusal() {
             return Err(refusal);
         }
-        if !self.data.is_empty() && !self.data.ends_with(b"\r\n") {
+        let ends_in_crlf = if self.data.is_empty() {
+            self.taken_ends_in_crlf
+        } else {
+            self.data.ends_with(b"\r\n")
+        };
+        if !ends_in_crlf {
             // A BDAT message may end mid-line; every stored line ends in CRLF.
             self.data.extend_from_slice(b"\r\n");
         }
-        if count_received(&self.data) >= MAX_RECEIVED_HEADERS {
+        let hops = if self.taken == 0 {
+            count_received(&self.data)
+        } else {
+            let data = std::mem::take(&mut self.data);
+            self.copy_head(&data);
+            self.data = data;
+            count_received(&self.head)
+        };
+        if hops >= MAX_RECEIVED_HEADERS {
             return Err(SmtpError::TooManyHops);
         }
         Ok(self.data)
@@ -317,6 +411,103 @@ mod tests {
         let mut c = Content::new(100_000, BareLineEndings::Normalize);
         c.push(hops(50).as_bytes());
         assert!(matches!(c.finish(), Err(SmtpError::TooManyHops)));
+    }
+
+    /// Pushes `parts`, taking what is pending after each push listed in
+    /// `take_after`; returns everything taken then the finished tail.
+    fn streamed(
+        parts: &[&[u8]],
+        take_after: &[usize],
+        mode: BareLineEndings,
+    ) -> Result<Vec<u8>, SmtpError> {
+        let mut c = Content::new(10_000_000, mode);
+        let mut out = Vec::new();
+        for (i, p) in parts.iter().enumerate() {
+            c.push(p);
+            if take_after.contains(&i) {
+                let taken = c.take();
+                out.extend_from_slice(&taken);
+                c.reuse(taken);
+            }
+        }
+        out.extend_from_slice(&c.finish()?);
+        Ok(out)
+    }
+
+    #[test]
+    fn taking_as_it_goes_changes_nothing() {
+        let parts: &[&[u8]] = &[b"Subject: a\r", b"\nX: b\n\r\nbody\r", b"\r\nend"];
+        let whole = content(parts, BareLineEndings::Normalize).unwrap();
+        assert_eq!(whole, b"Subject: a\r\nX: b\r\n\r\nbody\r\n\r\nend\r\n");
+        for takes in [&[0][..], &[1], &[2], &[0, 1, 2]] {
+            assert_eq!(
+                streamed(parts, takes, BareLineEndings::Normalize).unwrap(),
+                whole,
+                "taking after {takes:?}"
+            );
+        }
+        // A message taken whole up to a line end gets no second CRLF; one
+        // taken mid-line gets its final CRLF in the tail.
+        assert_eq!(
+            streamed(&[b"a\r\n"], &[0], BareLineEndings::Reject).unwrap(),
+            b"a\r\n"
+        );
+        assert_eq!(
+            streamed(&[b"a\r\nb"], &[0], BareLineEndings::Reject).unwrap(),
+            b"a\r\nb\r\n"
+        );
+        // Refusals are the same whether or not content was taken.
+        assert!(matches!(
+            streamed(&[b"a\r\n", b"b\nc\r\n"], &[0], BareLineEndings::Reject),
+            Err(SmtpError::BareLineEnding)
+        ));
+    }
+
+    #[test]
+    fn hops_are_counted_in_the_header_section_taken_in_pieces() {
+        let received = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n";
+        let message = |hops: usize, body: &str| {
+            format!("{}Subject: x\r\n\r\n{body}", received.repeat(hops)).into_bytes()
+        };
+        let body = "Received: not a header\r\n".repeat(100);
+        for hops in [49, 50] {
+            let m = message(hops, &body);
+            // Cut into 7-byte pieces, each taken: the blank line and the
+            // header names straddle the cuts.
+            let pieces: Vec<&[u8]> = m.chunks(7).collect();
+            let all: Vec<usize> = (0..pieces.len()).collect();
+            let result = streamed(&pieces, &all, BareLineEndings::Reject);
+            if hops < MAX_RECEIVED_HEADERS {
+                assert_eq!(result.unwrap(), m);
+            } else {
+                assert!(matches!(result, Err(SmtpError::TooManyHops)));
+            }
+        }
+        // Only the header section is kept: the body's lookalikes are not.
+        let mut c = Content::new(10_000_000, BareLineEndings::Reject);
+        c.push(&message(2, &body));
+        c.take();
+        assert!(
+            c.head.ends_with(b"Subject: x\r\n\r\n"),
+            "{:?}",
+            c.head.len()
+        );
+        // A header section over HEADER_COPY_MAX: counted in its first part.
+        let mut c = Content::new(10_000_000, BareLineEndings::Reject);
+        let padding = format!("X-Pad: {}\r\n", "p".repeat(990)).repeat(300);
+        c.push(received.repeat(60).as_bytes());
+        c.push(padding.as_bytes());
+        c.take();
+        c.push(b"\r\nbody\r\n");
+        assert_eq!(c.head.len(), HEADER_COPY_MAX);
+        assert!(matches!(c.finish(), Err(SmtpError::TooManyHops)));
+        // Hops past it are not seen (the documented limit of the count).
+        let mut c = Content::new(10_000_000, BareLineEndings::Reject);
+        c.push(padding.as_bytes());
+        c.push(received.repeat(60).as_bytes());
+        c.take();
+        c.push(b"\r\nbody\r\n");
+        assert!(c.finish().is_ok());
     }
 
     #[test]

@@ -23,9 +23,15 @@
 //! Directory fsyncs are shared between concurrent stores (`DirSync`): one fsync
 //! started after a rename covers it, so under load many sessions' messages are
 //! made durable by one call (group commit).
+//!
+//! A message from a client is written as it arrives (`Incoming`): `tmp/<id>.eml`
+//! is created with its first bytes and grows by one write per buffer; at the
+//! end comes the rest of it and then the same sequence (fsync, envelope, renames,
+//! directory fsync) before the `250`. A message that is refused, abandoned or
+//! fails to write has its temporary file removed then and there.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -47,6 +53,22 @@ pub enum SpoolError {
 }
 
 impl SpoolError {
+    /// The same error again, for a second reply that reports it
+    /// (`io::Error` is not `Clone`).
+    pub fn again(&self) -> SpoolError {
+        match self {
+            SpoolError::Io(e) => SpoolError::Io(match e.raw_os_error() {
+                Some(code) => io::Error::from_raw_os_error(code),
+                None => io::Error::new(e.kind(), e.to_string()),
+            }),
+            SpoolError::Corrupt { id, reason } => SpoolError::Corrupt {
+                id: id.clone(),
+                reason: reason.clone(),
+            },
+            SpoolError::Task(why) => SpoolError::Task(why.clone()),
+        }
+    }
+
     /// Out of disk space or quota: `452 4.3.1` rather than `451 4.3.0`.
     pub fn is_out_of_space(&self) -> bool {
         match self {
@@ -270,12 +292,22 @@ impl Spool {
     /// Makes `message` and `envelope` durable. When this returns `Ok`, both
     /// survive a crash or power loss, and the 250 may be sent.
     pub async fn store(&self, envelope: &Envelope, message: Vec<u8>) -> Result<(), SpoolError> {
-        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
-        let inner = self.inner.clone();
-        let id = envelope.id.clone();
-        tokio::task::spawn_blocking(move || inner.store_blocking(&id, &message, &json))
+        self.incoming(&envelope.id, Vec::new())
+            .commit(message, envelope)
             .await
-            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    /// Starts writing message `id`, whose file begins with `header`; nothing
+    /// touches the disk before its first `write` (or `commit`).
+    pub fn incoming(&self, id: &str, header: Vec<u8>) -> Incoming {
+        Incoming {
+            inner: self.inner.clone(),
+            id: id.to_owned(),
+            len: header.len() as u64,
+            header,
+            file: None,
+            failed: None,
+        }
     }
 
     /// Rewrites a queued message's envelope (delivery state) durably: temporary
@@ -377,14 +409,190 @@ pub fn parse_envelope(id: &str, json: &[u8]) -> Result<Envelope, SpoolError> {
     Ok(envelope)
 }
 
+/// One message being written to `tmp/<id>.eml` as it arrives. Content goes
+/// out on blocking threads, one buffer at a time (the session waits for each
+/// write before reading on: backpressure, and bounded memory). Dropped before
+/// `commit`, its temporary file is removed.
+pub struct Incoming {
+    inner: Arc<SpoolInner>,
+    id: String,
+    /// Not yet written: goes out with the first content, in the same call.
+    header: Vec<u8>,
+    /// Created by the first write; `None` before, or while a write has it.
+    file: Option<TmpFile>,
+    /// Bytes of the message so far, header included, written or not.
+    len: u64,
+    /// A write failed: the file is gone, later content is dropped, and
+    /// `commit` reports this.
+    failed: Option<SpoolError>,
+}
+
+impl Incoming {
+    /// The size the message file will have with `tail` bytes more: the
+    /// envelope's `size`.
+    pub fn size_with(&self, tail: usize) -> u64 {
+        self.len + tail as u64
+    }
+
+    /// Why the message can no longer be stored, if a write failed.
+    pub fn failure(&self) -> Option<SpoolError> {
+        self.failed.as_ref().map(SpoolError::again)
+    }
+
+    /// Appends `chunk` to the temporary file (creating it the first time) and
+    /// gives the buffer back for reuse. After a failure, or for a discarded
+    /// message, the chunk is dropped: the client's content is still read to
+    /// its end and `commit` answers for it.
+    pub async fn write(&mut self, chunk: Vec<u8>) -> Vec<u8> {
+        self.len += chunk.len() as u64;
+        if self.failed.is_some() || chunk.is_empty() {
+            return chunk;
+        }
+        let header = std::mem::take(&mut self.header);
+        let file = self.file.take();
+        let path = self.inner.tmp_path(&self.id, "eml");
+        // If this future is dropped mid-write, the file comes back in the
+        // task's output, which tokio drops: TmpFile's Drop removes it.
+        let done = tokio::task::spawn_blocking(move || {
+            let result = (|| {
+                let file = match file {
+                    Some(f) => f,
+                    None => TmpFile::create(path)?,
+                };
+                write_all(&file.file, &[&header, &chunk])?;
+                Ok(file)
+            })();
+            (result, chunk)
+        })
+        .await;
+        match done {
+            Ok((Ok(file), chunk)) => {
+                self.file = Some(file);
+                chunk
+            }
+            Ok((Err(e), chunk)) => {
+                // The file (if any) was dropped, so removed, on that thread.
+                self.failed = Some(SpoolError::Io(e));
+                chunk
+            }
+            Err(e) => {
+                self.failed = Some(SpoolError::Task(e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    /// Removes the temporary file now (a refused message), on a blocking
+    /// thread; later writes are dropped.
+    pub async fn discard(&mut self) {
+        self.failed
+            .get_or_insert_with(|| SpoolError::Task("message discarded".into()));
+        if let Some(file) = self.file.take() {
+            let _ = tokio::task::spawn_blocking(move || drop(file)).await;
+        }
+    }
+
+    /// Writes `tail` (the rest of the message) and makes the message and
+    /// `envelope` durable, as the module docs say. When this returns `Ok`,
+    /// the 250 may be sent; on `Err` nothing of the message is left.
+    pub async fn commit(mut self, tail: Vec<u8>, envelope: &Envelope) -> Result<(), SpoolError> {
+        if let Some(e) = self.failed.take() {
+            return Err(e);
+        }
+        if envelope.size != self.size_with(tail.len()) {
+            return Err(SpoolError::Corrupt {
+                id: self.id.clone(),
+                reason: format!(
+                    "envelope says {} bytes, message is {}",
+                    envelope.size,
+                    self.size_with(tail.len())
+                ),
+            });
+        }
+        let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
+        let inner = self.inner.clone();
+        let id = self.id.clone();
+        let header = std::mem::take(&mut self.header);
+        let file = self.file.take();
+        tokio::task::spawn_blocking(move || inner.commit_blocking(&id, file, &header, &tail, &json))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+}
+
+impl Drop for Incoming {
+    /// An abandoned message (RSET, disconnect, timeout): its file is removed
+    /// and closed off the async workers when there are some (closing a large
+    /// unlinked file frees its pages, which takes a while).
+    fn drop(&mut self) {
+        let Some(file) = self.file.take() else {
+            return;
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => drop(rt.spawn_blocking(move || drop(file))),
+            Err(_) => drop(file),
+        }
+    }
+}
+
+/// A file in `tmp/`, removed when dropped unless `keep` was set (renamed
+/// into `msg/`).
+struct TmpFile {
+    path: PathBuf,
+    file: File,
+    keep: bool,
+}
+
+impl TmpFile {
+    fn create(path: PathBuf) -> io::Result<TmpFile> {
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&path)?;
+        Ok(TmpFile {
+            path,
+            file,
+            keep: false,
+        })
+    }
+}
+
+impl Drop for TmpFile {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl SpoolInner {
-    fn store_blocking(&self, id: &str, message: &[u8], json: &[u8]) -> Result<(), SpoolError> {
-        let tmp_eml = self.tmp_dir.join(format!("{id}.eml"));
-        let tmp_json = self.tmp_dir.join(format!("{id}.json"));
+    fn tmp_path(&self, id: &str, ext: &str) -> PathBuf {
+        self.tmp_dir.join(format!("{id}.{ext}"))
+    }
+
+    /// The end of a store: the last bytes of the message, its fsync, the
+    /// envelope, both renames and the directory fsync.
+    fn commit_blocking(
+        &self,
+        id: &str,
+        file: Option<TmpFile>,
+        header: &[u8],
+        tail: &[u8],
+        json: &[u8],
+    ) -> Result<(), SpoolError> {
+        let tmp_eml = self.tmp_path(id, "eml");
+        let tmp_json = self.tmp_path(id, "json");
         let result = (|| {
-            write_synced(&tmp_eml, message)?;
+            let mut file = match file {
+                Some(f) => f,
+                None => TmpFile::create(tmp_eml.clone())?,
+            };
+            write_all(&file.file, &[header, tail])?;
+            file.file.sync_all()?;
             write_synced(&tmp_json, json)?;
             fs::rename(&tmp_eml, self.msg_dir.join(format!("{id}.eml")))?;
+            file.keep = true;
+            drop(file);
             fs::rename(&tmp_json, self.msg_dir.join(format!("{id}.json")))?;
             self.dir_sync.sync_after_rename()
         })();
@@ -401,6 +609,33 @@ impl SpoolInner {
             return Err(e.into());
         }
         Ok(())
+    }
+}
+
+/// Writes every byte of `parts`, in order: one `write` for one non-empty
+/// part, one `writev` for two (our header and the first content) in the
+/// usual case.
+fn write_all(mut file: &File, parts: &[&[u8]]) -> io::Result<()> {
+    let mut slices: Vec<IoSlice> = parts
+        .iter()
+        .filter(|p| !p.is_empty())
+        .map(|p| IoSlice::new(p))
+        .collect();
+    let mut slices = &mut slices[..];
+    match slices {
+        [] => Ok(()),
+        [one] => file.write_all(one),
+        _ => {
+            while !slices.is_empty() {
+                match file.write_vectored(slices) {
+                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        }
     }
 }
 
@@ -452,6 +687,72 @@ mod tests {
         assert_eq!(env, envelope(&id, 6));
         assert_eq!(body, b"hi\r\n\r\n");
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
+    }
+
+    fn tmp_files(dir: &Path) -> usize {
+        fs::read_dir(dir.join("tmp")).unwrap().count()
+    }
+
+    #[tokio::test]
+    async fn incoming_streams_then_commits_the_same_format() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut m = spool.incoming("S1", b"Received: x\r\n".to_vec());
+        assert_eq!(tmp_files(dir.path()), 0, "nothing on disk before content");
+        let back = m.write(b"a\r\n".to_vec()).await;
+        assert_eq!(back, b"a\r\n", "the buffer comes back");
+        assert_eq!(tmp_files(dir.path()), 1);
+        m.write(b"b\r\n".to_vec()).await;
+        let env = envelope("S1", m.size_with(3));
+        assert_eq!(env.size, 22);
+        m.commit(b"c\r\n".to_vec(), &env).await.unwrap();
+        let (read, body) = spool.read("S1").unwrap();
+        assert_eq!(read, env);
+        assert_eq!(body, b"Received: x\r\na\r\nb\r\nc\r\n");
+        assert_eq!(tmp_files(dir.path()), 0);
+        // A size that does not match is refused, not stored.
+        let m = spool.incoming("S2", b"R\r\n".to_vec());
+        assert!(
+            m.commit(b"x\r\n".to_vec(), &envelope("S2", 3))
+                .await
+                .is_err()
+        );
+        assert_eq!(spool.list().unwrap(), ["S1"]);
+    }
+
+    #[tokio::test]
+    async fn an_abandoned_or_failed_message_leaves_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        // Dropped mid-message (disconnect, RSET): removed off the worker.
+        let mut m = spool.incoming("D1", b"R\r\n".to_vec());
+        m.write(vec![b'x'; 1000]).await;
+        assert_eq!(tmp_files(dir.path()), 1);
+        drop(m);
+        for _ in 0..200 {
+            if tmp_files(dir.path()) == 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(tmp_files(dir.path()), 0);
+        // Discarded (refused): gone when discard returns; later writes dropped.
+        let mut m = spool.incoming("D2", b"R\r\n".to_vec());
+        m.write(vec![b'x'; 1000]).await;
+        m.discard().await;
+        assert_eq!(tmp_files(dir.path()), 0);
+        m.write(vec![b'x'; 1000]).await;
+        assert_eq!(tmp_files(dir.path()), 0);
+        // A write that fails (here: tmp/ is gone) is reported by commit.
+        fs::remove_dir(dir.path().join("tmp")).unwrap();
+        let mut m = spool.incoming("D3", b"R\r\n".to_vec());
+        m.write(b"a\r\n".to_vec()).await;
+        let e = m.failure().expect("the failure is known at once");
+        assert!(matches!(&e, SpoolError::Io(io) if io.kind() == io::ErrorKind::NotFound));
+        m.write(b"b\r\n".to_vec()).await;
+        let env = envelope("D3", m.size_with(0));
+        assert!(m.commit(Vec::new(), &env).await.is_err());
+        assert!(spool.list().unwrap().is_empty());
     }
 
     #[test]

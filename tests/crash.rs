@@ -372,6 +372,9 @@ async fn sigkill_mid_data_leaves_nothing_in_the_spool() {
         // Straight after the crash, before anything cleans up: no file in msg/.
         let msg = files_in(&h.spool_dir().join("msg"));
         assert!(msg.is_empty(), "msg/ after a kill mid-DATA: {msg:?}");
+        // What had arrived was being written to tmp/ (only swept at start).
+        let tmp = files_in(&h.spool_dir().join("tmp"));
+        assert_eq!(tmp.len(), 1, "tmp/ after a kill mid-DATA: {tmp:?}");
         let spool = Spool::open(&h.spool_dir()).unwrap();
         assert!(spool.list().unwrap().is_empty());
         drop(spool);

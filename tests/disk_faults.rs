@@ -392,6 +392,65 @@ async fn the_disk_filling_at_each_point_of_a_store() {
     .await;
 }
 
+/// The disk fills while a large message is being written as it arrives: the
+/// rest of it is still read to its real end (the session stays in sync:
+/// RSET and QUIT are answered), then 452, and its temporary file is gone. In
+/// BDAT, the chunk during which the write failed and every later one get the
+/// 452 (RFC 3030 §2: the client then sends no more chunks).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_disk_filling_mid_message_gets_452_after_its_end() {
+    if !can_mount("the_disk_filling_mid_message_gets_452_after_its_end") {
+        return;
+    }
+    within(120, async {
+        let (h, mount, mut sink) = harness_with_sink("1m");
+        sink.start().await;
+        let relay = Relay::start(&h).await;
+        let spool = h.spool_dir();
+        let filler = Filler::fill(&mount.path);
+        // Room for the first writes of a message, not for 1 MB of it.
+        filler.leave(48);
+        let r = send(&relay, "mid-data", 1_000_000).await;
+        assert_eq!(r.status(), "452 4.3.1", "{r:?}");
+        assert!(files_in(&spool, "tmp").is_empty(), "tmp/ after DATA");
+        assert!(files_in(&spool, "msg").is_empty());
+
+        let mut c = relay.connect().await;
+        c.hello().await;
+        c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
+        c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
+        let body = message("mid-bdat", 1_000_000);
+        let chunks: Vec<&[u8]> = body.chunks(256 * 1024).collect();
+        let mut replies = Vec::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let last = if i + 1 == chunks.len() { " LAST" } else { "" };
+            c.send(format!("BDAT {}{last}\r\n", chunk.len())).await;
+            c.send(chunk).await;
+            replies.push(c.reply().await.status());
+        }
+        eprintln!("BDAT replies on a filling disk: {replies:?}");
+        assert_eq!(replies[0], "250 2.0.0", "{replies:?}");
+        let failed = replies.iter().position(|r| r != "250 2.0.0").unwrap();
+        // Said as soon as a write failed, not only at the end.
+        assert!(failed < replies.len() - 1, "{replies:?}");
+        assert!(
+            replies[failed..].iter().all(|r| r == "452 4.3.1"),
+            "{replies:?}"
+        );
+        assert!(files_in(&spool, "tmp").is_empty(), "tmp/ after BDAT");
+        c.cmd("RSET", "250").await;
+        c.cmd("QUIT", "221").await;
+        assert!(files_in(&spool, "msg").is_empty());
+
+        filler.remove();
+        let r = send(&relay, "after", 1_000_000).await;
+        assert_eq!(r.status(), "250 2.0.0", "{r:?}");
+        eventually("delivered", 20, || sink.count() == 1).await;
+        assert_eq!(received_tags(&sink), ["after"]);
+    })
+    .await;
+}
+
 /// Queued messages wait for a down upstream while the disk fills: their
 /// state updates fail (logged), but nothing is lost or corrupted, and all
 /// are delivered exactly once when the upstream returns, space or not.
@@ -537,8 +596,10 @@ async fn a_read_only_spool_gets_451_and_recovers() {
         sink.start().await;
         let mut relay = Relay::start(&h).await;
         mount.remount("ro");
-        for i in 0..2 {
-            let r = send(&relay, &format!("ro{i}"), 3_000).await;
+        // Small (created at the end) and large (created by the first write
+        // while the content arrives: read to its end, then refused).
+        for (i, size) in [3_000, 1_000_000].into_iter().enumerate() {
+            let r = send(&relay, &format!("ro{i}"), size).await;
             assert_eq!(r.status(), "451 4.3.0", "EROFS: {r:?}");
         }
         assert_alive(&mut relay);

@@ -10,6 +10,10 @@
 //! 4. and only after that fsync returned, the write of `250 ... queued as
 //!    <id>` to the client's socket.
 //!
+//! Two messages: a small one (one write of the message file, at the end,
+//! with our Received header: as many calls as before content was streamed)
+//! and a 1 MB one (written in pieces as it arrives, the order the same).
+//!
 //! strace is installed by `scripts/install-test-deps.sh`; a missing strace is
 //! a failure. Where ptrace is not permitted (some containers), the test says
 //! so and skips.
@@ -200,22 +204,30 @@ async fn fsync_rename_dirsync_then_250() {
                 .unwrap(),
         );
         c.hello().await;
-        let body = message("order@syscall.test", "a@tenant.example", "syscall order", 3_000);
-        let r = send_data(&mut c, "a@tenant.example", &["b@partner.example"], &body).await;
-        let id = queue_id_of(&r).unwrap_or_else(|| panic!("not queued: {:?}", r.lines));
+        let mut ids = Vec::new();
+        for size in [3_000, 1_000_000] {
+            let body = message("order@syscall.test", "a@tenant.example", "syscall order", size);
+            let r = send_data(&mut c, "a@tenant.example", &["b@partner.example"], &body).await;
+            ids.push(queue_id_of(&r).unwrap_or_else(|| panic!("not queued: {:?}", r.lines)));
+        }
         c.cmd("QUIT", "221").await;
         drop(c);
         // Stop the relay (strace then exits), so the trace is complete.
         drop(traced);
         let trace = std::fs::read_to_string(&trace_path).unwrap();
-        check_order(&trace, &id, &h.spool_dir().canonicalize().unwrap());
+        let spool = h.spool_dir().canonicalize().unwrap();
+        let small = check_order(&trace, &ids[0], &spool);
+        assert_eq!(small, 1, "a small message is one write of its file");
+        let large = check_order(&trace, &ids[1], &spool);
+        assert!(large >= 4, "1 MB written as it arrived: {large} writes");
     })
     .await;
 }
 
 /// Asserts the order described in the module docs for message `id`, whose
-/// spool is at `spool` (a canonical path, as strace shows it).
-fn check_order(trace: &str, id: &str, spool: &Path) {
+/// spool is at `spool` (a canonical path, as strace shows it). Returns the
+/// number of writes of the message file.
+fn check_order(trace: &str, id: &str, spool: &Path) -> usize {
     let calls = parse_trace(trace);
     let relevant: Vec<&Call> = calls
         .iter()
@@ -230,12 +242,16 @@ fn check_order(trace: &str, id: &str, spool: &Path) {
     let on = |c: &Call, path: &PathBuf| fd_path(c) == Some(path.to_str().unwrap());
 
     let mut renamed_end = 0;
+    let mut message_writes = 0;
     for ext in ["eml", "json"] {
         let file = tmp(ext);
         let writes: Vec<&Call> = calls
             .iter()
-            .filter(|c| c.name == "write" && on(c, &file))
+            .filter(|c| matches!(c.name.as_str(), "write" | "writev") && on(c, &file))
             .collect();
+        if ext == "eml" {
+            message_writes = writes.len();
+        }
         assert!(
             !writes.is_empty(),
             "no write of {}:\n{shown}",
@@ -293,6 +309,7 @@ fn check_order(trace: &str, id: &str, spool: &Path) {
         dir_fsync.end < reply.start,
         "the 250 was written before the directory fsync returned:\n{shown}"
     );
+    message_writes
 }
 
 /// A trace in strace's format, as two threads would write it: the session's
@@ -315,7 +332,10 @@ const GOOD: &str = r#"101  10:00:00.000001 write(12</s/tmp/ID.eml>, "Received: f
 
 fn check(trace: &str) -> Result<(), String> {
     let trace = trace.to_owned();
-    std::panic::catch_unwind(move || check_order(&trace, "ID", Path::new("/s"))).map_err(|e| {
+    std::panic::catch_unwind(move || {
+        check_order(&trace, "ID", Path::new("/s"));
+    })
+    .map_err(|e| {
         e.downcast_ref::<String>()
             .cloned()
             .unwrap_or_else(|| "panic".into())

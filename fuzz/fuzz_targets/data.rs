@@ -1,6 +1,7 @@
 #![no_main]
 //! DATA content: the end-of-data scan and unstuffing (`dot::DotReader`), line
-//! ending rules (`body::Content`, both modes) and the outbound side
+//! ending rules (`body::Content`, both modes, its output taken in pieces as
+//! the session streams it to the spool) and the outbound side
 //! (`stuffing::canonical`, `stuffing::stuff`), each against a plain reference
 //! written here, fed in chunk splits derived from the input.
 //!
@@ -177,13 +178,20 @@ fn check_content(
     mode: BareLineEndings,
     limit: usize,
 ) -> Result<Vec<u8>, String> {
-    // As the session does: every feed's output goes to `Content` as it comes.
+    // As the session does: every feed's output goes to `Content` as it comes,
+    // and what is pending is taken (to the spool) now and then.
     let (pieces, _) = feed(input, split);
     let mut content = Content::new(limit, mode);
     let mut received = 0;
-    for p in &pieces {
+    let mut taken = Vec::new();
+    for (i, p) in pieces.iter().enumerate() {
         content.push(p);
         received += p.len();
+        if i % 3 == 2 {
+            let chunk = content.take();
+            taken.extend_from_slice(&chunk);
+            content.reuse(chunk);
+        }
     }
     // The session finishes a DATA message only at its end marker; a lone CR
     // still held back then is the marker's, never content.
@@ -215,7 +223,7 @@ fn check_content(
         return Err("loop".into());
     }
     let stored = match result {
-        Ok(s) => s,
+        Ok(tail) => [taken, tail].concat(),
         Err(e) => panic!("refused ({e}) though within limits and clean: {what}"),
     };
     assert_eq!(stored, normal, "normalised content differs: {what}");

@@ -1,19 +1,65 @@
-//! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): receiving the content, and
-//! the verdict, sent only once the message is durably spooled.
+//! DATA (RFC 5321 §4.1.1.4) and BDAT (RFC 3030): receiving the content,
+//! streaming it to the spool, and the verdict, sent only once the message is
+//! durably spooled.
 
 use smtp_proto::request::receiver::BdatReceiver;
 use tracing::{error, info};
 
-use super::{Flow, Session, State};
+use super::{Flow, Session, State, Transaction};
 use crate::body::{Content, Trace};
 use crate::dot::DotReader;
 use crate::error::SmtpError;
 use crate::reply::Reply;
-use crate::spool::{self, Envelope};
+use crate::spool::{self, Envelope, Incoming};
+
+/// Canonical content held per session before it is written to the spool's
+/// temporary file. A message under it (most mail; every 1 KiB one) is written
+/// once, at the end, as before; a larger one costs one write per this much,
+/// and the session reads no more input while a write is under way.
+const WRITE_AT: usize = 128 * 1024;
+
+/// A transaction's content from DATA or its first BDAT on.
+pub(super) struct Body {
+    id: String,
+    content: Content,
+    /// The message file being written: our Received header, then the content.
+    file: Incoming,
+}
 
 impl Session {
+    /// Starts the content of `txn`'s message. Our Received header comes first
+    /// in the file, so it is made now: all it records is known (RCPT after
+    /// content starts is refused), and its time is when the message started to
+    /// arrive, as Postfix and Sendmail stamp theirs. It goes out with the first
+    /// bytes of content, in the same write.
+    fn start_body(&self, txn: &Transaction) -> Body {
+        let id = spool::new_queue_id();
+        let greeting = self.greeting.as_ref();
+        let header = Trace {
+            helo: greeting.map_or("unknown", |g| g.name.as_str()),
+            client_ip: self.peer.ip(),
+            hostname: &self.ctx.config.hostname,
+            tls: self.tls.as_ref(),
+            authenticated: self.auth.is_some(),
+            esmtp: greeting.is_some_and(|g| g.esmtp),
+            queue_id: &id,
+            single_recipient: match txn.recipients.as_slice() {
+                [one] => Some(one.address.as_str()),
+                _ => None,
+            },
+            timestamp: spool::unix_now() as i64,
+        }
+        .received_header();
+        let limits = &self.ctx.config.limits;
+        Body {
+            file: self.ctx.spool.incoming(&id, header.into_bytes()),
+            id,
+            content: Content::new(limits.max_message_size, limits.bare_line_endings),
+        }
+    }
+
     pub(super) fn data(&mut self) -> Result<Reply, SmtpError> {
-        let txn = match self.txn.as_mut() {
+        let txn = match self.txn.as_ref() {
             Some(t) if !t.recipients.is_empty() => t,
             _ => return Err(SmtpError::BadSequence("no valid recipients")),
         };
@@ -21,11 +67,10 @@ impl Session {
             // RFC 3030 §2: DATA cannot follow BDAT in one transaction.
             return Err(SmtpError::BadSequence("DATA after BDAT"));
         }
-        let limits = &self.ctx.config.limits;
-        txn.body = Some((
-            spool::new_queue_id(),
-            Content::new(limits.max_message_size, limits.bare_line_endings),
-        ));
+        let body = self.start_body(txn);
+        if let Some(txn) = self.txn.as_mut() {
+            txn.body = Some(body);
+        }
         self.start_content_deadline();
         self.state = State::Data {
             reader: DotReader::default(),
@@ -62,18 +107,13 @@ impl Session {
             return;
         }
         // One deadline for all of a transaction's chunks, from the first.
-        if self.txn.as_ref().is_some_and(|t| t.body.is_none()) {
+        let txn = self.txn.as_ref().expect("checked above");
+        if txn.body.is_none() {
+            let body = self.start_body(txn);
             self.start_content_deadline();
+            self.txn.as_mut().expect("checked above").body = Some(body);
         }
-        let limits = &self.ctx.config.limits;
-        let txn = self.txn.as_mut().expect("checked above");
-        txn.chunking = true;
-        txn.body.get_or_insert_with(|| {
-            (
-                spool::new_queue_id(),
-                Content::new(limits.max_message_size, limits.bare_line_endings),
-            )
-        });
+        self.txn.as_mut().expect("checked above").chunking = true;
         self.state = State::Bdat {
             receiver: BdatReceiver::new(size, last),
             scratch: Vec::new(),
@@ -87,7 +127,7 @@ impl Session {
             .txn
             .as_mut()
             .and_then(|t| t.body.as_mut())
-            .map(|(_, c)| c);
+            .map(|b| &mut b.content);
         match (&mut self.state, content) {
             (State::Data { reader, scratch }, Some(content)) => {
                 let input = bytes.as_slice();
@@ -120,6 +160,22 @@ impl Session {
         }
     }
 
+    /// Writes the content received so far to the spool once `WRITE_AT` bytes
+    /// wait (the read loop waits for it), and removes a refused message's file
+    /// at once: its rest is only counted.
+    pub(super) async fn stream_content(&mut self) {
+        let Some(body) = self.txn.as_mut().and_then(|t| t.body.as_mut()) else {
+            return;
+        };
+        if body.content.refusal().is_some() {
+            body.file.discard().await;
+        } else if body.content.pending() >= WRITE_AT {
+            let chunk = body.content.take();
+            let chunk = body.file.write(chunk).await;
+            body.content.reuse(chunk);
+        }
+    }
+
     /// The current DATA body or BDAT chunk is complete: reply to it.
     pub(super) async fn end_of_content(&mut self) -> Flow {
         match std::mem::replace(&mut self.state, State::Command) {
@@ -136,7 +192,11 @@ impl Session {
                     .txn
                     .as_ref()
                     .and_then(|t| t.body.as_ref())
-                    .and_then(|(_, c)| c.refusal());
+                    .and_then(|b| {
+                        b.content
+                            .refusal()
+                            .or_else(|| b.file.failure().map(SmtpError::Spool))
+                    });
                 if receiver.is_last {
                     return self.finish_message().await;
                 }
@@ -170,55 +230,44 @@ impl Session {
         let Some(txn) = self.txn.take() else {
             return Flow::Continue;
         };
-        let Some((id, content)) = txn.body else {
+        let Some(Body {
+            id,
+            content,
+            mut file,
+        }) = txn.body
+        else {
             return Flow::Continue;
         };
-        let content = match content.finish() {
-            Ok(c) => c,
-            Err(e) => return self.refuse(e),
+        let message_id = crate::tracking::message_id(content.start());
+        let tail = match content.finish() {
+            Ok(tail) => tail,
+            Err(e) => {
+                file.discard().await;
+                return self.refuse(e);
+            }
         };
-        let now = spool::unix_now();
-        let single = match txn.recipients.as_slice() {
-            [one] => Some(one.address.as_str()),
-            _ => None,
-        };
-        let greeting = self.greeting.as_ref();
-        let helo = greeting.map_or("unknown", |g| g.name.as_str());
-        let trace = Trace {
-            helo,
-            client_ip: self.peer.ip(),
-            hostname: &self.ctx.config.hostname,
-            tls: self.tls.as_ref(),
-            authenticated: self.auth.is_some(),
-            esmtp: greeting.is_some_and(|g| g.esmtp),
-            queue_id: &id,
-            single_recipient: single,
-            timestamp: now as i64,
-        };
-        let message_id = crate::tracking::message_id(&content);
-        let header = trace.received_header();
-        let mut message = Vec::with_capacity(header.len() + content.len());
-        message.extend_from_slice(header.as_bytes());
-        message.extend_from_slice(&content);
-        drop(content);
         let envelope = Envelope {
             version: spool::FORMAT_VERSION,
             id: id.clone(),
-            received_at: now,
+            received_at: spool::unix_now(),
             client: spool::ClientInfo {
                 address: self.peer,
-                helo: helo.to_owned(),
+                helo: self
+                    .greeting
+                    .as_ref()
+                    .map_or("unknown", |g| g.name.as_str())
+                    .to_owned(),
                 tls: self.tls.clone(),
                 auth: self.auth.clone(),
             },
             sender: txn.sender,
             params: txn.params,
             recipients: txn.recipients,
-            size: message.len() as u64,
+            size: file.size_with(tail.len()),
             route_domain: None,
         };
         let size = envelope.size;
-        match self.ctx.spool.store(&envelope, message).await {
+        match file.commit(tail, &envelope).await {
             Ok(()) => {
                 use crate::tracking::{ACCEPTED, clean};
                 info!(

@@ -24,7 +24,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
-use crate::body::Content;
 use crate::config::{ListenerConfig, ListenerTls};
 use crate::dot::DotReader;
 use crate::error::SmtpError;
@@ -108,8 +107,8 @@ struct Transaction {
     sender: String,
     params: MailParams,
     recipients: Vec<Recipient>,
-    /// The queue id and content, from DATA or the first BDAT on.
-    body: Option<(String, Content)>,
+    /// The content and where it is being written, from DATA or the first BDAT on.
+    body: Option<data::Body>,
     /// Content is coming in BDAT chunks (DATA is then out of sequence).
     chunking: bool,
 }
@@ -388,6 +387,7 @@ impl Session {
                 State::Data { .. } | State::Bdat { .. } | State::SkipBdat { .. } => {
                     let mut bytes = buf[pos..].iter();
                     let done = self.ingest_content(&mut bytes);
+                    self.stream_content().await;
                     let taken = buf.len() - bytes.as_slice().len() - pos;
                     pos += taken;
                     let credit = Duration::from_micros(taken as u64 * 1_000_000 / MIN_CONTENT_RATE);
