@@ -999,16 +999,6 @@ fn auth_harness(limits: &str) -> Harness {
     ))
 }
 
-/// `AUTH PLAIN` with an initial response (RFC 4616: no authzid).
-fn auth_plain(user: &str, password: &str) -> String {
-    use base64::Engine;
-    let message = format!("\0{user}\0{password}");
-    format!(
-        "AUTH PLAIN {}",
-        base64::engine::general_purpose::STANDARD.encode(message)
-    )
-}
-
 /// A session from `ip`: banner, EHLO, STARTTLS, EHLO inside TLS.
 async fn tls_from(ip: &str, relay: &Relay, ca: &TestCa) -> TlsClient {
     let s = connect_from(ip, relay.port).await.unwrap();

@@ -18,19 +18,6 @@ fn b64(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
-/// `AUTH PLAIN` with an initial response for `user` (no authzid).
-fn auth_plain(user: &str, password: &str) -> String {
-    format!("AUTH PLAIN {}", b64(&format!("\0{user}\0{password}")))
-}
-
-fn hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string()
-}
-
 /// A relay where only 127.0.0.2 and ::1 may relay unauthenticated, with two
 /// users: `exchange01` (any sender) and `tenant-a` (only tenant-a.example).
 fn auth_harness(extra: &str) -> Harness {

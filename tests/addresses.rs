@@ -36,14 +36,6 @@ fn harness(fake: &FakeUpstream, access: &str, extra: &str) -> Harness {
     h
 }
 
-fn hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string()
-}
-
 async fn eventually_transactions(fake: &FakeUpstream, n: usize) -> Vec<fake_upstream::Transaction> {
     eventually(&format!("{n} transaction(s) at the upstream"), 20, || {
         fake.transactions()

@@ -37,13 +37,6 @@ impl Relay {
     }
 }
 
-/// Waits until `pred` holds, checking every 50 ms, for `secs` at most.
-async fn eventually(what: &str, secs: u64, pred: impl FnMut() -> bool) {
-    if !holds_within(secs, pred).await {
-        panic!("timed out after {secs} s waiting for {what}");
-    }
-}
-
 /// Whether `pred` comes to hold within `secs` (checked every 50 ms).
 async fn holds_within(secs: u64, mut pred: impl FnMut() -> bool) -> bool {
     let deadline = Instant::now() + Duration::from_secs(secs);
@@ -54,13 +47,6 @@ async fn holds_within(secs: u64, mut pred: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     true
-}
-
-/// Bounds a whole scenario.
-async fn within<T>(secs: u64, f: impl std::future::Future<Output = T>) -> T {
-    tokio::time::timeout(Duration::from_secs(secs), f)
-        .await
-        .expect("scenario timed out")
 }
 
 fn config_arg(h: &Harness) -> String {

@@ -7,6 +7,7 @@ mod common;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use common::binary::eventually;
 use common::*;
 use tokio_util::sync::CancellationToken;
 
@@ -83,17 +84,6 @@ impl Sink {
     }
 }
 
-/// Waits until `pred` holds (20 s at most).
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    for _ in 0..400 {
-        if pred() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 async fn send_messages(relay: &Running, h: &Harness, from: &str, n: usize, tag: &str) {
     let c = relay.connect().await;
     let mut c = tls_session(c, &h.ca).await;
@@ -114,13 +104,13 @@ async fn round_robin_splits_evenly_and_bytes_arrive_intact() {
     let h = Harness::new(&format!("{}{}", eu.upstream("eu"), us.upstream("us")));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 100, "rr").await;
-    eventually("100 deliveries", || {
+    eventually("100 deliveries", 20, || {
         eu.messages().len() + us.messages().len() == 100
     })
     .await;
     let (a, b) = (eu.messages().len(), us.messages().len());
     assert!(a.abs_diff(b) <= 10, "uneven split {a}/{b}");
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     // What the upstream got is what we spooled: our Received header, then the body.
     let got = &eu.messages()[0];
     assert!(got.starts_with(b"Received: from client.test"));
@@ -137,9 +127,9 @@ async fn one_upstream_down_all_go_to_the_other_none_lost() {
     let h = Harness::new(&format!("{}{}", eu.upstream("eu"), us.upstream("us")));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 30, "failover").await;
-    eventually("30 at us", || us.messages().len() == 30).await;
+    eventually("30 at us", 20, || us.messages().len() == 30).await;
     assert_eq!(eu.messages().len(), 0);
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     relay.stop().await;
 }
 
@@ -158,7 +148,7 @@ async fn both_down_then_one_returns_and_everything_is_delivered() {
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 10, "outage").await;
     // Accepted and deferred, nothing lost.
-    eventually("deferred state on disk", || {
+    eventually("deferred state on disk", 20, || {
         h.spooled().iter().all(|(e, _)| {
             matches!(
                 e.recipients[0].status,
@@ -168,8 +158,11 @@ async fn both_down_then_one_returns_and_everything_is_delivered() {
     })
     .await;
     us.restart().await;
-    eventually("10 delivered after recovery", || us.messages().len() == 10).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("10 delivered after recovery", 20, || {
+        us.messages().len() == 10
+    })
+    .await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     relay.stop().await;
 }
 
@@ -186,7 +179,7 @@ async fn routes_send_each_tenant_only_to_its_upstreams() {
     let relay = h.start().await;
     send_messages(&relay, &h, "x@tenant-a.example", 10, "ta").await;
     send_messages(&relay, &h, "y@tenant-b.example", 10, "tb").await;
-    eventually("20 delivered", || {
+    eventually("20 delivered", 20, || {
         a.messages().len() + b.messages().len() == 20
     })
     .await;
@@ -249,7 +242,7 @@ async fn an_upstream_with_the_wrong_certificate_gets_nothing() {
     let h = Harness::new(&extra);
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 10, "tls").await;
-    eventually("10 at the good upstream", || {
+    eventually("10 at the good upstream", 20, || {
         good.transactions().len() == 10
     })
     .await;
@@ -287,7 +280,7 @@ async fn one_recipient_refused_others_delivered_and_one_dsn_to_the_sender() {
     )
     .await;
     assert_eq!(r.status(), "250 2.0.0");
-    eventually("the message and its bounce", || {
+    eventually("the message and its bounce", 20, || {
         fake.transactions().len() == 2
     })
     .await;
@@ -322,7 +315,7 @@ async fn one_recipient_refused_others_delivered_and_one_dsn_to_the_sender() {
     assert!(text.contains("no such user"), "{text}");
     assert!(!text.contains("Final-Recipient: rfc822; good@"), "{text}");
     assert!(text.contains("Message-ID: <partly@test>"), "{text}");
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     relay.stop().await;
 }
 
@@ -343,7 +336,7 @@ async fn notify_never_means_no_bounce() {
     c.cmd("DATA", "354").await;
     c.send("Subject: quiet\r\n\r\nx\r\n.\r\n").await;
     c.expect("250 2.0.0").await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
         fake.transactions()
@@ -369,8 +362,8 @@ async fn temporary_failure_then_recovery_delivers_exactly_once() {
     ));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 1, "retry").await;
-    eventually("the 421 seen", || fake.connections() >= 1).await;
-    eventually("deferred on disk", || {
+    eventually("the 421 seen", 20, || fake.connections() >= 1).await;
+    eventually("deferred on disk", 20, || {
         h.spooled().iter().any(|(e, _)| {
             matches!(&e.recipients[0].status, smarthost::spool::RecipientStatus::Deferred { reply, .. } if reply.contains("421"))
         })
@@ -410,8 +403,8 @@ async fn temporary_failure_then_recovery_delivers_exactly_once() {
             })
             .count()
     };
-    eventually("the retry", || count() == 1).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("the retry", 20, || count() == 1).await;
+    eventually("an empty queue", 20, || h.spool_files() == 0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(count(), 1, "delivered exactly once");
     token.cancel();
@@ -450,7 +443,7 @@ async fn bytes_arrive_intact_over_data_and_over_bdat() {
         c.send(&stuffed).await;
         c.send(".\r\n").await;
         c.expect("250 2.0.0").await;
-        eventually("delivery", || fake.transactions().len() == 1).await;
+        eventually("delivery", 20, || fake.transactions().len() == 1).await;
         let t = &fake.transactions()[0];
         assert_eq!(t.method, Some(method));
         assert_eq!(strip_received(&t.message), body, "{method:?}");
@@ -469,7 +462,7 @@ async fn a_4xx_to_the_body_defers_with_the_reply_recorded() {
     let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 1, "busy").await;
-    eventually("deferred with the upstream's reply", || {
+    eventually("deferred with the upstream's reply", 20, || {
         h.spooled().iter().any(|(e, _)| {
             matches!(&e.recipients[0].status,
                 smarthost::spool::RecipientStatus::Deferred { reply, attempts: 1, .. } if reply.starts_with("451 4.7.500"))
@@ -501,7 +494,7 @@ async fn notify_success_passes_upstream_or_yields_a_relayed_notice() {
         c.cmd("DATA", "354").await;
         c.send("Subject: notify\r\n\r\nx\r\n.\r\n").await;
         c.expect("250 2.0.0").await;
-        eventually("an empty queue", || h.spool_files() == 0).await;
+        eventually("an empty queue", 20, || h.spool_files() == 0).await;
         let t = fake.transactions();
         if upstream_dsn {
             // The upstream offers DSN: the parameters travel; it will notify.
@@ -523,7 +516,7 @@ async fn notify_success_passes_upstream_or_yields_a_relayed_notice() {
             );
         } else {
             // It does not: we tell the sender the message was relayed.
-            eventually("the relayed notice", || fake.transactions().len() == 2).await;
+            eventually("the relayed notice", 20, || fake.transactions().len() == 2).await;
             let t = fake.transactions();
             assert!(!t[0].mail_from.contains("NOTIFY") && !t[0].rcpt_to[0].contains("NOTIFY"));
             let notice = String::from_utf8_lossy(&t[1].message).into_owned();

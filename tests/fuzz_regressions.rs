@@ -3,14 +3,7 @@
 
 mod common;
 
-use common::{Harness, send_data};
-
-fn plain_harness(extra: &str) -> Harness {
-    Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        extra,
-    )
-}
+use common::{plain_harness, send_data};
 
 /// fuzz target `session`: an unknown MAIL parameter is echoed in the 555
 /// reply, which was as long as the client made it (634 bytes for a 600-byte

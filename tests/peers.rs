@@ -29,10 +29,6 @@ const INSTALL_HINT: &str =
 /// Exim's binary as tests/peers/exim/install.sh unpacks it.
 const EXIM: &str = "/opt/exim/usr/sbin/exim4";
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 /// The full path of `program` (searched in PATH unless it has a `/`); panics
 /// with the install hint when it is not there.
 fn require(program: &str) -> PathBuf {

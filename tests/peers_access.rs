@@ -9,6 +9,7 @@ use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::free_port;
 use common::*;
 use tokio::process::Command;
 
@@ -39,14 +40,6 @@ async fn run(cmd: &mut Command) -> (bool, String) {
         String::from_utf8_lossy(&out.stderr)
     );
     (out.status.success(), text)
-}
-
-fn hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string()
 }
 
 /// Only authenticated clients may relay (no relay_networks).
@@ -142,14 +135,6 @@ fn proxied_harness() -> Harness {
     );
     std::fs::write(&h.config_path, text).unwrap();
     h
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// haproxy in front of the relay: one frontend per PROXY version.

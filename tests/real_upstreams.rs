@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
+use common::binary::{eventually, free_port};
 use common::*;
 use smarthost::spool::RecipientStatus;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -31,31 +32,10 @@ const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
 /// How long a peer may take to start listening.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
         .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Whether this process runs as root (the owner of /proc/self is the
-/// effective uid).
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A loopback port that was free a moment ago (for peers that take a port,
-/// not a socket, and for an upstream that is started only later).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Waits until something accepts connections on `port` (START_TIMEOUT at most).
@@ -79,17 +59,6 @@ async fn wait_listening(port: u16, what: &str, child: &mut Child) {
     }
 }
 
-/// Waits until `pred` holds (30 s at most).
-async fn eventually(what: &str, mut pred: impl FnMut() -> bool) {
-    for _ in 0..600 {
-        if pred() {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("timed out waiting for {what}");
-}
-
 fn upstream_toml(port: u16, tls: &str) -> String {
     format!("[[upstream]]\nname = \"real\"\naddress = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\n")
 }
@@ -108,7 +77,7 @@ fn statuses(h: &Harness) -> Vec<RecipientStatus> {
 /// The one spooled message's first recipient, once it is deferred.
 async fn wait_deferred(h: &Harness, what: &str) -> (String, u32) {
     let mut found = None;
-    eventually(what, || {
+    eventually(what, 30, || {
         found = statuses(h).into_iter().find_map(|s| match s {
             RecipientStatus::Deferred {
                 reply, attempts, ..
@@ -316,20 +285,6 @@ fn parse_dump(bytes: &[u8]) -> Option<Dump> {
     })
 }
 
-fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\r' && bytes.get(i + 1) == Some(&b'\n') {
-            i += 1;
-            continue;
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn smtp_sink_gets_all_twenty_and_the_bytes_the_relay_spooled() {
     // The upstream is down at first: the first message is deferred, which
@@ -349,11 +304,11 @@ async fn smtp_sink_gets_all_twenty_and_the_bytes_the_relay_spooled() {
     let sink = SmtpSink::start(port, &[]).await;
     let rest: Vec<Vec<u8>> = (1..20).map(|i| message(&format!("sink-{i}"))).collect();
     submit(&relay, &h, &[TO, TO2], &rest).await;
-    eventually("20 messages captured by smtp-sink", || {
+    eventually("20 messages captured by smtp-sink", 30, || {
         sink.dumps().len() >= 20
     })
     .await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 30, || h.spool_files() == 0).await;
     // Exactly once each: no duplicates after the queue emptied.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let dumps = sink.dumps();
@@ -425,7 +380,7 @@ async fn smtp_sink_temporary_failures_defer_with_the_upstream_reply() {
             reply.starts_with('4') && reply.contains(expect),
             "{faults:?}: recorded {reply:?}"
         );
-        eventually(&format!("a second attempt under {faults:?}"), || {
+        eventually(&format!("a second attempt under {faults:?}"), 30, || {
             statuses(&h)
                 .iter()
                 .any(|s| matches!(s, RecipientStatus::Deferred { attempts, .. } if *attempts >= 2))
@@ -463,8 +418,11 @@ async fn smtp_sink_5xx_to_rcpt_fails_once_and_bounces_to_the_sender() {
     submit(&relay, &h, &[TO], &[message("hard")]).await;
     // The bounce goes to the sender through the same upstream (which refuses
     // it too: a bounce of a bounce is never made), then the queue is empty.
-    eventually("the bounce's attempt", || sink.count("MAIL FROM:<>") >= 1).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("the bounce's attempt", 30, || {
+        sink.count("MAIL FROM:<>") >= 1
+    })
+    .await;
+    eventually("an empty queue", 30, || h.spool_files() == 0).await;
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let commands = sink.commands();
     assert_eq!(
@@ -487,11 +445,11 @@ async fn smtp_sink_5xx_after_the_data_fails_and_the_bounce_carries_the_reply() {
     let h = Harness::new(&format!("{FAST_RETRY}{}", upstream_toml(port, "none")));
     let relay = h.start().await;
     submit(&relay, &h, &[TO], &[message("refused")]).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("an empty queue", 30, || h.spool_files() == 0).await;
     // smtp-sink captures what it received even when it refuses it at the dot:
     // the original and our DSN (which it refuses as well).
     let mut bounce = None;
-    eventually("the bounce captured", || {
+    eventually("the bounce captured", 30, || {
         bounce = fs::read_dir(&sink.dumps)
             .unwrap()
             .map(|e| fs::read(e.unwrap().path()).unwrap())
@@ -634,8 +592,8 @@ async fn aiosmtpd_over_verified_starttls_gets_the_spooled_bytes_and_envelope() {
         &h.dir.path().join("server.key"),
     )
     .await;
-    eventually("delivery to aiosmtpd", || up.received().len() == 1).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("delivery to aiosmtpd", 30, || up.received().len() == 1).await;
+    eventually("an empty queue", 30, || h.spool_files() == 0).await;
     let got = &up.received()[0];
     let e = &got.envelope;
     assert_eq!(e["mail_from"], FROM, "{e}");
@@ -711,8 +669,8 @@ async fn aiosmtpd_receives_quoted_local_parts_as_sent_and_nothing_is_lost() {
     let r = send_data(&mut c, from, &[to], &message("quoted")).await;
     assert_eq!(r.status(), "250 2.0.0");
     c.cmd("QUIT", "221").await;
-    eventually("delivery to aiosmtpd", || up.received().len() == 1).await;
-    eventually("an empty queue", || h.spool_files() == 0).await;
+    eventually("delivery to aiosmtpd", 30, || up.received().len() == 1).await;
+    eventually("an empty queue", 30, || h.spool_files() == 0).await;
     let e = &up.received()[0].envelope;
     assert_eq!(e["mail_from"], from, "{e}");
     assert_eq!(e["rcpt_tos"], serde_json::json!([to]), "{e}");

@@ -18,14 +18,6 @@ const PER_CLIENT: usize = 40;
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 
-fn hash(password: &str) -> String {
-    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
-    argon2::Argon2::default()
-        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
-        .unwrap()
-        .to_string()
-}
-
 /// One client: one connection, messages one after another.
 async fn client(relay_port: u16, h: Arc<Harness>, n: usize, sent: Arc<Mutex<Vec<Sent>>>) {
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", relay_port))

@@ -8,14 +8,6 @@ use common::*;
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 
-/// A harness whose listener does not require TLS, for plaintext transcripts.
-fn plain_harness(extra: &str) -> Harness {
-    Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        extra,
-    )
-}
-
 #[tokio::test]
 async fn ehlo_advertises_exactly_our_extensions() {
     let h = Harness::new("[limits]\nmax_message_size = 1048576\n");

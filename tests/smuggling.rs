@@ -638,12 +638,6 @@ fn memchr_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
 }
 
-fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
-    String::from_utf8_lossy(bytes)
-        .replace("\r\n", "\n")
-        .into_bytes()
-}
-
 // ---------------------------------------------------------- Postfix smtp-sink
 
 /// Postfix's smtp-sink on a loopback port, each transaction dumped to its
@@ -664,11 +658,6 @@ struct Dump {
     /// The message with LF line ends (smtp-sink writes lines), unstuffed,
     /// without smtp-sink's own Received header and final empty line.
     message: Vec<u8>,
-}
-
-fn is_root() -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
 impl SmtpSink {

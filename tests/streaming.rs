@@ -17,11 +17,8 @@ const TO: &str = "rcpt@partner.example";
 /// Well over the session's write buffer: at least two writes before the end.
 const BIG: usize = 300 * 1024;
 
-fn plain_harness(limits: &str) -> Harness {
-    Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        &format!("[limits]\n{limits}\n"),
-    )
+fn limits_harness(limits: &str) -> Harness {
+    plain_harness(&format!("[limits]\n{limits}\n"))
 }
 
 fn tmp_files(h: &Harness) -> usize {
@@ -55,7 +52,7 @@ async fn tmp_file_appears(h: &Harness) {
 
 #[tokio::test]
 async fn large_messages_are_stored_byte_for_byte() {
-    let h = plain_harness("bare_line_endings = \"normalize\"");
+    let h = limits_harness("bare_line_endings = \"normalize\"");
     let ctx = h.context();
     // DATA: dot-stuffed lines and bare LFs across the write boundaries.
     let mut c = transaction(&h, &ctx).await;
@@ -113,7 +110,7 @@ async fn large_messages_are_stored_byte_for_byte() {
 /// real end of the content, the session still in sync, no file in tmp/.
 #[tokio::test]
 async fn refused_messages_leave_no_temporary_file() {
-    let h = plain_harness("bare_line_endings = \"reject\"\nmax_message_size = 1048576");
+    let h = limits_harness("bare_line_endings = \"reject\"\nmax_message_size = 1048576");
     let ctx = h.context();
     let good = message_of_size(BIG);
     let hops = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(50);
@@ -168,7 +165,7 @@ async fn refused_messages_leave_no_temporary_file() {
 /// drops them (RSET, a disconnect, the content deadline).
 #[tokio::test]
 async fn abandoned_messages_leave_no_temporary_file() {
-    let h = plain_harness("data_timeout = \"1s\"");
+    let h = limits_harness("data_timeout = \"1s\"");
     let ctx = h.context();
     let content = message_of_size(BIG);
 

@@ -441,3 +441,53 @@ pub fn message_of_size(size: usize) -> Vec<u8> {
     }
     m
 }
+
+/// The repository root.
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Whether this process runs as root (the owner of /proc/self is the
+/// effective uid).
+pub fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
+}
+
+/// An argon2id PHC string for `password`, with the default parameters.
+pub fn hash(password: &str) -> String {
+    use argon2::password_hash::{PasswordHasher, SaltString, rand_core::OsRng};
+    argon2::Argon2::default()
+        .hash_password(password.as_bytes(), &SaltString::generate(&mut OsRng))
+        .unwrap()
+        .to_string()
+}
+
+/// `AUTH PLAIN` with an initial response for `user` (RFC 4616: no authzid).
+pub fn auth_plain(user: &str, password: &str) -> String {
+    use base64::Engine;
+    let message = format!("\0{user}\0{password}");
+    format!(
+        "AUTH PLAIN {}",
+        base64::engine::general_purpose::STANDARD.encode(message)
+    )
+}
+
+/// A relay whose one STARTTLS listener does not require TLS.
+pub fn plain_harness(extra: &str) -> Harness {
+    Harness::with_listeners(
+        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
+        extra,
+    )
+}
+
+/// `bytes` with every CRLF made LF (as peers that store mail in Unix form do).
+pub fn crlf_to_lf(bytes: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(bytes.len());
+    for (i, &b) in bytes.iter().enumerate() {
+        if !(b == b'\r' && bytes.get(i + 1) == Some(&b'\n')) {
+            out.push(b);
+        }
+    }
+    out
+}
