@@ -8,8 +8,6 @@
 //! and the connection must not be used again. Per-recipient verdicts, good or
 //! bad, come back as `Ok` replies.
 
-use crate::address::Mailbox;
-use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
@@ -19,80 +17,13 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 
 pub use super::capabilities::Capabilities;
+pub use super::error::{Stage, UpstreamError};
 pub use super::reply::UpstreamReply;
 use super::stuffing;
 use super::wire::Wire;
+use crate::address::Mailbox;
 use crate::config::{UpstreamConfig, UpstreamTls};
 use crate::spool::{Envelope, Recipient};
-
-/// Where in the conversation something went wrong.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stage {
-    Connect,
-    Greeting,
-    Ehlo,
-    StartTls,
-    Auth,
-    Mail,
-    Rcpt,
-    Data,
-    Reset,
-}
-
-impl fmt::Display for Stage {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Stage::Connect => "connect",
-            Stage::Greeting => "greeting",
-            Stage::Ehlo => "EHLO",
-            Stage::StartTls => "STARTTLS",
-            Stage::Auth => "AUTH",
-            Stage::Mail => "MAIL",
-            Stage::Rcpt => "RCPT",
-            Stage::Data => "DATA",
-            Stage::Reset => "RSET",
-        })
-    }
-}
-
-/// The whole attempt failed; all are temporary: fail over to the next upstream.
-#[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
-    #[error("cannot connect: {0}")]
-    Connect(io::Error),
-    #[error("timed out at {0}")]
-    Timeout(Stage),
-    /// Handshake or certificate verification failed.
-    #[error("TLS failed: {0}")]
-    Tls(String),
-    /// `tls = "required"` but STARTTLS was not offered (or `opportunistic`
-    /// with credentials: a password never goes out in the clear).
-    #[error("STARTTLS required but not offered")]
-    NoStartTls,
-    #[error("{stage} rejected: {reply}")]
-    Rejected { stage: Stage, reply: UpstreamReply },
-    /// Garbage, an over-long reply, the connection closed or lost.
-    #[error("protocol error: {0}")]
-    Protocol(String),
-}
-
-impl UpstreamError {
-    /// The reply to record for recipients deferred by this error (RFC 3463
-    /// codes: 4.4.1 no answer, 4.4.2 bad connection, 4.7.5 cryptographic failure).
-    pub fn reply(&self) -> UpstreamReply {
-        let text = self.to_string();
-        match self {
-            UpstreamError::Rejected { reply, .. } => reply.clone(),
-            UpstreamError::Connect(_) | UpstreamError::Timeout(_) => {
-                UpstreamReply::synthetic(451, "4.4.1", &text)
-            }
-            UpstreamError::Tls(_) | UpstreamError::NoStartTls => {
-                UpstreamReply::synthetic(451, "4.7.5", &text)
-            }
-            UpstreamError::Protocol(_) => UpstreamReply::synthetic(451, "4.4.2", &text),
-        }
-    }
-}
 
 /// Timeouts (RFC 5321 §4.5.3.2) and our name.
 #[derive(Debug, Clone)]

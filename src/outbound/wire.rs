@@ -11,7 +11,7 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use super::client::{Stage, UpstreamError};
+use super::error::{Stage, UpstreamError};
 use super::reply::UpstreamReply;
 
 /// Longest reply line we accept (RFC 5321 §4.5.3.1.5 says 512; real servers
