@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::fmt::Write;
 
 /// RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets, CRLF included.
-pub const MAX_LINE: usize = 512;
+pub const MAX_REPLY_LINE: usize = 512;
 
 /// One reply. The enhanced code is a string so Microsoft's three-digit
 /// details (`4.7.500`) fit, which smtp-proto's `[u8; 3]` cannot hold.
@@ -52,7 +52,7 @@ impl Reply {
             0 => 0,
             n => n + 1,
         };
-        let room = MAX_LINE.saturating_sub(6 + status);
+        let room = MAX_REPLY_LINE.saturating_sub(6 + status);
         for (i, line) in self.lines.iter().enumerate() {
             let sep = if i == last { ' ' } else { '-' };
             // Text is ours, but keep CR/LF out of it whatever it holds.
@@ -109,9 +109,9 @@ mod tests {
             reply.write_to(&mut out);
             let text = String::from_utf8(out).unwrap();
             let lines: Vec<&str> = text.split_inclusive("\r\n").collect();
-            assert!(lines.iter().all(|l| l.len() <= MAX_LINE), "{lines:?}");
+            assert!(lines.iter().all(|l| l.len() <= MAX_REPLY_LINE), "{lines:?}");
             // "é" is two bytes: at most one byte short of the limit.
-            assert!(lines[0].len() >= MAX_LINE - 1, "cut more than needed");
+            assert!(lines[0].len() >= MAX_REPLY_LINE - 1, "cut more than needed");
         }
         let mut out = Vec::new();
         Reply::new(250, "2.0.0", "short").write_to(&mut out);

@@ -31,8 +31,6 @@ use crate::dot::DotReader;
 use crate::reply::Reply;
 use crate::session::command;
 
-/// Longest command line accepted (as the relay: room for SMTPUTF8 and DSN parameters).
-pub const MAX_LINE: usize = 4096;
 /// Largest message accepted; advertised in `SIZE` (RFC 1870).
 pub const MAX_MESSAGE: usize = 200 * 1024 * 1024;
 /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
@@ -281,7 +279,7 @@ impl Conn {
             let flow = match &mut self.state {
                 State::Command => {
                     let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
-                        if buf.len() - pos > MAX_LINE {
+                        if buf.len() - pos > command::MAX_COMMAND_LINE {
                             pos = buf.len();
                             self.state = State::SkipLine;
                             self.reply(Reply::new(500, "5.5.2", "Line too long"));
@@ -290,7 +288,7 @@ impl Conn {
                     };
                     let line = &buf[pos..=pos + nl];
                     pos += nl + 1;
-                    if line.len() > MAX_LINE {
+                    if line.len() > command::MAX_COMMAND_LINE {
                         self.reply(Reply::new(500, "5.5.2", "Line too long"));
                         Flow::Continue
                     } else {

@@ -4,7 +4,7 @@
 //!
 //! Properties: no panic; replies are framed in order, each a prefix of what
 //! is left (nothing invented, nothing skipped), every line well-formed and
-//! bounded (`MAX_LINE`, `MAX_LINES`); a parsed reply has a code in 200..=599
+//! bounded (`MAX_UPSTREAM_REPLY_LINE`, `MAX_UPSTREAM_REPLY_LINES`); a parsed reply has a code in 200..=599
 //! equal to its lines' digits, control-free text and a status of the code's
 //! class; and an upstream that never stops talking (the input repeated
 //! forever) gets an answer or an error after a bounded number of bytes.
@@ -18,7 +18,7 @@ use std::sync::OnceLock;
 use std::task::{Context, Poll};
 
 use libfuzzer_sys::fuzz_target;
-use smarthost::outbound::wire::{MAX_LINE, MAX_LINES, read_frame};
+use smarthost::outbound::wire::{MAX_UPSTREAM_REPLY_LINE, MAX_UPSTREAM_REPLY_LINES, read_frame};
 use smarthost::outbound::{Capabilities, Stage, UpstreamReply};
 use tokio::io::{AsyncRead, ReadBuf};
 
@@ -105,8 +105,8 @@ fuzz_target!(|data: &[u8]| {
         if let Ok(frame) = rt.block_on(read_frame(&mut upstream, &mut buf, Stage::Greeting)) {
             check_frame(&frame);
         }
-        // Each line is at most MAX_LINE, plus one over-long line and one read.
-        let bound = (MAX_LINES + 1) * MAX_LINE + MAX_LINE.max(4096) + 4096;
+        // Each line is at most MAX_UPSTREAM_REPLY_LINE, plus one over-long line and one read.
+        let bound = (MAX_UPSTREAM_REPLY_LINES + 1) * MAX_UPSTREAM_REPLY_LINE + MAX_UPSTREAM_REPLY_LINE.max(4096) + 4096;
         assert!(
             upstream.total <= bound,
             "read {} bytes for one reply (bound {bound})",
@@ -118,13 +118,13 @@ fuzz_target!(|data: &[u8]| {
 fn check_frame(frame: &[u8]) {
     let lines: Vec<&[u8]> = frame.split_inclusive(|&b| b == b'\n').collect();
     assert!(
-        !lines.is_empty() && lines.len() <= MAX_LINES,
+        !lines.is_empty() && lines.len() <= MAX_UPSTREAM_REPLY_LINES,
         "{} lines",
         lines.len()
     );
     let code = &frame[..3];
     for (i, line) in lines.iter().enumerate() {
-        assert!(line.len() <= MAX_LINE, "line of {} bytes", line.len());
+        assert!(line.len() <= MAX_UPSTREAM_REPLY_LINE, "line of {} bytes", line.len());
         assert!(line.ends_with(b"\n"), "unterminated line framed");
         assert_eq!(&line[..3], code, "codes differ between lines");
         let last = i + 1 == lines.len();

@@ -16,9 +16,9 @@ use super::reply::UpstreamReply;
 
 /// Longest reply line we accept (RFC 5321 §4.5.3.1.5 says 512; real servers
 /// exceed it, so be generous but bounded).
-pub const MAX_LINE: usize = 4096;
+pub const MAX_UPSTREAM_REPLY_LINE: usize = 4096;
 /// Most lines in one reply (a long EHLO list has ~20).
-pub const MAX_LINES: usize = 100;
+pub const MAX_UPSTREAM_REPLY_LINES: usize = 100;
 
 pub(crate) enum Stream {
     Plain(TcpStream),
@@ -168,7 +168,7 @@ impl Wire {
 
 /// Reads one complete reply's bytes (all its lines) from `stream`, `buf`
 /// holding bytes read earlier and keeping whatever follows the reply. Bounded:
-/// a line over `MAX_LINE` or a reply over `MAX_LINES` lines is an error.
+/// a line over `MAX_UPSTREAM_REPLY_LINE` or a reply over `MAX_UPSTREAM_REPLY_LINES` lines is an error.
 /// Public so the fuzz target can drive it over any reader.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     stream: &mut R,
@@ -181,8 +181,10 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
     loop {
         while let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) {
             let line = &buf[pos..pos + nl + 1];
-            if line.len() > MAX_LINE {
-                return Err(bad(format!("reply line over {MAX_LINE} bytes")));
+            if line.len() > MAX_UPSTREAM_REPLY_LINE {
+                return Err(bad(format!(
+                    "reply line over {MAX_UPSTREAM_REPLY_LINE} bytes"
+                )));
             }
             let text = line.strip_suffix(b"\n").unwrap_or(line);
             let text = text.strip_suffix(b"\r").unwrap_or(text);
@@ -205,12 +207,16 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
             if text.get(3) != Some(&b'-') {
                 return Ok(buf.drain(..pos).collect());
             }
-            if lines >= MAX_LINES {
-                return Err(bad(format!("reply of more than {MAX_LINES} lines")));
+            if lines >= MAX_UPSTREAM_REPLY_LINES {
+                return Err(bad(format!(
+                    "reply of more than {MAX_UPSTREAM_REPLY_LINES} lines"
+                )));
             }
         }
-        if buf.len() - pos > MAX_LINE {
-            return Err(bad(format!("reply line over {MAX_LINE} bytes")));
+        if buf.len() - pos > MAX_UPSTREAM_REPLY_LINE {
+            return Err(bad(format!(
+                "reply line over {MAX_UPSTREAM_REPLY_LINE} bytes"
+            )));
         }
         let mut chunk = [0u8; 4096];
         match stream.read(&mut chunk).await {
@@ -246,11 +252,20 @@ mod tests {
 
     #[tokio::test]
     async fn replies_are_bounded() {
-        let long = [b"250 ".as_slice(), &[b'x'; MAX_LINE], b"\r\n"].concat();
+        let long = [
+            b"250 ".as_slice(),
+            &[b'x'; MAX_UPSTREAM_REPLY_LINE],
+            b"\r\n",
+        ]
+        .concat();
         assert!(frame(&long).await.is_err());
-        let endless = b"250-x\r\n".repeat(MAX_LINES + 1);
+        let endless = b"250-x\r\n".repeat(MAX_UPSTREAM_REPLY_LINES + 1);
         assert!(frame(&endless).await.is_err());
-        let most = [b"250-x\r\n".repeat(MAX_LINES - 1), b"250 y\r\n".to_vec()].concat();
+        let most = [
+            b"250-x\r\n".repeat(MAX_UPSTREAM_REPLY_LINES - 1),
+            b"250 y\r\n".to_vec(),
+        ]
+        .concat();
         assert_eq!(frame(&most).await.unwrap(), most);
     }
 }

@@ -19,7 +19,7 @@ use crate::error::SmtpError;
 
 /// RFC 5321 §4.5.3.1.4 allows 512 octets; extensions (SMTPUTF8 addresses,
 /// DSN parameters) need more, so we allow what smtp-proto's receiver does.
-pub const MAX_LINE: usize = 4096;
+pub const MAX_COMMAND_LINE: usize = 4096;
 
 /// Verbs of HTTP and proxy requests: a browser or scanner, not an SMTP client.
 /// Such a connection is closed at once (cross-protocol attacks).
@@ -41,7 +41,7 @@ pub enum Parsed {
 
 /// Parses one complete line (ending in LF) into a request.
 pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
-    if line.len() > MAX_LINE {
+    if line.len() > MAX_COMMAND_LINE {
         return Err(SmtpError::LineTooLong);
     }
     let body = line

@@ -31,7 +31,7 @@ use crate::reply::Reply;
 use crate::server::ServerContext;
 use crate::spool::{MailParams, Recipient, TlsInfo};
 
-pub use command::MAX_LINE;
+pub use command::MAX_COMMAND_LINE;
 
 /// Any byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -351,7 +351,7 @@ impl Session {
             match &mut self.state {
                 State::Command | State::Auth(_) => {
                     let Some(nl) = memchr::memchr(b'\n', &buf[pos..]) else {
-                        if buf.len() - pos > MAX_LINE {
+                        if buf.len() - pos > MAX_COMMAND_LINE {
                             // Bounded memory: the line is answered now and its
                             // remainder dropped as it arrives.
                             pos = buf.len();
@@ -367,7 +367,7 @@ impl Session {
                     pos += nl + 1;
                     self.command_deadline = Instant::now() + self.ctx.config.limits.command_timeout;
                     let flow = match std::mem::replace(&mut self.state, State::Command) {
-                        State::Auth(step) if line.len() <= MAX_LINE => {
+                        State::Auth(step) if line.len() <= MAX_COMMAND_LINE => {
                             self.sasl_line(step, line).await
                         }
                         State::Auth(_) => self.refuse(SmtpError::LineTooLong),
