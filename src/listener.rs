@@ -58,6 +58,10 @@ pub async fn accept_loop(
             // Over the cap: a best-effort reply without blocking the loop.
             let mut reply = Vec::new();
             SmtpError::TooManyConnections.reply().write_to(&mut reply);
+            current
+                .borrow()
+                .telemetry
+                .refused(&SmtpError::TooManyConnections);
             let _ = stream.try_write(&reply);
             warn!(client = %peer, "connection limit reached");
             continue;
@@ -72,6 +76,8 @@ pub async fn accept_loop(
         );
         sessions.spawn(
             async move {
+                let telemetry = ctx.telemetry.clone();
+                let _active = telemetry.connection();
                 connection(stream, peer, config, ctx, per_address, shutdown).await;
                 drop(permit);
             }
@@ -106,6 +112,7 @@ async fn connection(
     let limit = ctx.config.limits.max_connections_per_ip;
     let Some(_slot) = per_address.try_acquire(peer.ip(), limit) else {
         warn!(client = %peer, limit, "per-address connection limit reached");
+        ctx.telemetry.refused(&SmtpError::TooManyConnectionsFromIp);
         let mut reply = Vec::new();
         SmtpError::TooManyConnectionsFromIp
             .reply()

@@ -264,6 +264,7 @@ impl Session {
         match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
             Ok(Ok(tls)) => {
                 let info = crate::tls::describe(tls.get_ref().1);
+                self.ctx.telemetry.tls_handshake(&info.version);
                 debug!(client = %self.peer, version = %info.version, cipher = %info.cipher, "TLS established");
                 self.stream = Box::new(tls);
                 self.tls = Some(info);
@@ -411,6 +412,7 @@ impl Session {
     /// Sends the reply for `error`, counts it, and says whether to go on.
     fn refuse(&mut self, error: SmtpError) -> Flow {
         debug!(client = %self.peer, "refused: {error}");
+        self.ctx.telemetry.refused(&error);
         self.reply(error.reply());
         if error.closes_connection() {
             return Flow::Close;
