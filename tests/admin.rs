@@ -442,15 +442,110 @@ async fn healthz_turns_503_while_draining_after_sigterm() {
     .await;
 }
 
+/// The TCP ports process `pid` listens on (its sockets in LISTEN state).
+fn listening_ports(pid: i32) -> Vec<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    let mut ports = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in std::fs::read_to_string(table).unwrap().lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f[3] == "0A" && inodes.iter().any(|i| i == f[9]) {
+                let port = f[1].rsplit(':').next().unwrap();
+                ports.push(u16::from_str_radix(port, 16).unwrap());
+            }
+        }
+    }
+    ports.sort();
+    ports
+}
+
 #[tokio::test]
-async fn without_admin_nothing_else_listens() {
+async fn admin_listens_only_when_configured() {
     within(30, async {
-        let admin = free_port();
         let h = Harness::new("");
-        let mut relay = Relay::start(&h).await;
-        // The harness config has no [admin]: the port stays closed.
-        assert!(TcpStream::connect(("127.0.0.1", admin)).await.is_err());
-        relay.kill();
+        let relay = Relay::start(&h).await;
+        assert_eq!(
+            listening_ports(relay.pid()),
+            [relay.port],
+            "only SMTP without [admin]"
+        );
+        drop(relay);
+        let s = setup(&[], "");
+        let relay = Relay::start(&s.h).await;
+        let mut expected = vec![relay.port, s.admin];
+        expected.sort();
+        assert_eq!(listening_ports(relay.pid()), expected);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn metrics_and_recent_messages_survive_a_reload() {
+    within(60, async {
+        let base = tempfile::tempdir().unwrap();
+        let mut eu = Sink::new(base.path(), "eu");
+        eu.start().await;
+        let s = setup(&[&eu], "");
+        let relay = Relay::start(&s.h).await;
+        let first = send(
+            &relay,
+            &s.h.ca,
+            "a@corp.test",
+            "b@partner.example",
+            "r1@corp.test",
+        )
+        .await;
+        eventually("delivered", 20, || eu.count() == 1).await;
+        relay.proc.signal(libc::SIGHUP);
+        eventually("the reload", 20, || {
+            relay.log().contains("configuration reloaded")
+        })
+        .await;
+        let second = send(
+            &relay,
+            &s.h.ca,
+            "a@corp.test",
+            "b@partner.example",
+            "r2@corp.test",
+        )
+        .await;
+        eventually("delivered", 20, || eu.count() == 2).await;
+        let mut m = scrape(s.admin).await;
+        for _ in 0..100 {
+            if value(
+                &m,
+                "smarthost_messages_delivered_total",
+                &[("upstream", "eu")],
+            ) == 2.0
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            m = scrape(s.admin).await;
+        }
+        assert_eq!(value(&m, "smarthost_messages_accepted_total", &[]), 2.0);
+        assert_eq!(
+            value(
+                &m,
+                "smarthost_messages_delivered_total",
+                &[("upstream", "eu")]
+            ),
+            2.0
+        );
+        let api = get(s.admin, "/api/messages", None).await;
+        let list: Vec<serde_json::Value> = serde_json::from_str(&api.body).unwrap();
+        let ids: Vec<&str> = list.iter().map(|m| m["id"].as_str().unwrap()).collect();
+        assert_eq!(ids, [second.as_str(), first.as_str()]);
+        for m in &list {
+            assert_eq!(m["recipients"][0]["state"], "delivered", "{m}");
+        }
     })
     .await;
 }

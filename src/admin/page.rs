@@ -52,6 +52,7 @@ table{border-collapse:collapse;width:100%;background:#fff}
 th,td{text-align:left;padding:5px 8px;border-bottom:1px solid #e1e4e8;vertical-align:top}
 th{background:#eaeef2;font-weight:600}
 td.id a{font-family:ui-monospace,monospace}
+.nw{white-space:nowrap}
 .state{display:inline-block;padding:0 6px;border-radius:4px;font-size:12px;margin:1px 0}
 .queued{background:#ddf4ff}.deferred{background:#fff8c5}.delivered{background:#dafbe1}.bounced{background:#ffebe9}
 .muted{color:#656d76}
@@ -94,9 +95,13 @@ fn states(m: &Message) -> String {
     out
 }
 
+/// `2026-12-04 18:34:41` (UTC).
 fn time(unix: u64) -> String {
     humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(unix))
         .to_string()
+        .replace('T', " ")
+        .trim_end_matches('Z')
+        .to_owned()
 }
 
 /// The list page: search form, then one row per message (newest first).
@@ -143,8 +148,8 @@ pub fn index(
             .unwrap_or("");
         let _ = write!(
             out,
-            "<tr><td class=\"id\"><a href=\"/message/{id}\">{id}</a></td><td>{}</td><td>{}</td>\
-             <td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td class=\"id nw\"><a href=\"/message/{id}\">{id}</a></td><td class=\"nw\">{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td class=\"nw\">{}</td><td>{}</td><td>{}</td></tr>",
             time(m.received_at),
             escape(m.client.as_deref().unwrap_or("")),
             escape(&format!("<{}>", m.sender)),
