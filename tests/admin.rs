@@ -761,3 +761,45 @@ async fn the_page_escapes_everything_and_renders_in_chromium() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn refusals_are_counted_by_reason() {
+    within(30, async {
+        let h = Harness::new("[limits]\nmax_message_size = 1000\n");
+        let ctx = h.context();
+        // Not in relay_networks: 554 5.7.1 at RCPT.
+        let mut c = tls_session(h.session(&ctx, "192.0.2.7:4000"), &h.ca).await;
+        c.cmd("MAIL FROM:<a@corp.test>", "250").await;
+        c.cmd("RCPT TO:<b@partner.example>", "554 5.7.1").await;
+        // Over max_message_size as declared: 552 5.3.4.
+        let mut c = tls_session(h.session(&ctx, "127.0.0.1:4001"), &h.ca).await;
+        c.cmd("MAIL FROM:<a@corp.test> SIZE=5000", "552 5.3.4")
+            .await;
+        // Before STARTTLS on a TLS-required listener: 530 5.7.0, twice.
+        let mut c = h.session(&ctx, "127.0.0.1:4002");
+        c.hello().await;
+        c.cmd("MAIL FROM:<a@corp.test>", "530 5.7.0").await;
+        c.cmd("MAIL FROM:<a@corp.test>", "530 5.7.0").await;
+        // Protocol mistakes are not refusals an operator graphs.
+        c.cmd("FOO", "500").await;
+        let m = parse_metrics(&ctx.telemetry.metrics.encode());
+        let refused = |reason| value(&m, "smarthost_refused_total", &[("reason", reason)]);
+        assert_eq!(refused("relay_denied"), 1.0);
+        assert_eq!(refused("size"), 1.0);
+        assert_eq!(refused("tls_required"), 2.0);
+        let reasons = m
+            .keys()
+            .filter(|(n, _)| n == "smarthost_refused_total")
+            .count();
+        assert_eq!(reasons, 3, "{m:#?}");
+        assert_eq!(
+            value(
+                &m,
+                "smarthost_tls_handshakes_total",
+                &[("version", "TLSv1_3")]
+            ),
+            2.0
+        );
+    })
+    .await;
+}
