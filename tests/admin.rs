@@ -803,3 +803,70 @@ async fn refusals_are_counted_by_reason() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_deleted_message_shows_as_deleted() {
+    within(30, async {
+        // No upstream: accepted mail stays queued.
+        let s = setup(&[], "");
+        let relay = Relay::start(&s.h).await;
+        let kept = send(
+            &relay,
+            &s.h.ca,
+            "a@corp.test",
+            "b@partner.example",
+            "k@corp.test",
+        )
+        .await;
+        let gone = send(
+            &relay,
+            &s.h.ca,
+            "a@corp.test",
+            "b@partner.example",
+            "g@corp.test",
+        )
+        .await;
+        let states = |body: &str| -> Vec<(String, String)> {
+            let list: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+            list.iter()
+                .map(|m| {
+                    let state = m["recipients"][0]["state"].as_str().unwrap().to_owned();
+                    (m["id"].as_str().unwrap().to_owned(), state)
+                })
+                .collect()
+        };
+        let before = get(s.admin, "/api/messages", None).await;
+        assert_eq!(
+            states(&before.body),
+            [
+                (gone.clone(), "queued".into()),
+                (kept.clone(), "queued".into())
+            ]
+        );
+        let m = parse_metrics(&get(s.admin, "/metrics", None).await.body);
+        assert_eq!(value(&m, "smarthost_queue_messages", &[]), 2.0);
+        assert!(value(&m, "smarthost_queue_oldest_message_age_seconds", &[]) > 0.0);
+
+        let out = run(&[
+            "queue",
+            "delete",
+            &gone,
+            "--config",
+            relay.config.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{}", out.stderr);
+        let after = get(s.admin, "/api/messages", None).await;
+        assert_eq!(
+            states(&after.body),
+            [
+                (gone.clone(), "deleted".into()),
+                (kept.clone(), "queued".into())
+            ]
+        );
+        let page = get(s.admin, &format!("/message/{gone}"), None).await;
+        assert!(page.body.contains("deleted"), "{}", page.body);
+        let m = parse_metrics(&get(s.admin, "/metrics", None).await.body);
+        assert_eq!(value(&m, "smarthost_queue_messages", &[]), 1.0);
+    })
+    .await;
+}

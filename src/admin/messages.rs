@@ -33,7 +33,8 @@ pub struct Message {
 #[derive(Debug, Clone, Serialize)]
 pub struct RecipientState {
     pub address: String,
-    /// queued, deferred, delivered or bounced.
+    /// queued, deferred, delivered or bounced; `deleted` when `queue delete`
+    /// removed it before it was done.
     pub state: &'static str,
     pub upstream: Option<String>,
     pub last_reply: Option<String>,
@@ -51,7 +52,7 @@ pub struct Event {
     pub reply: Option<String>,
 }
 
-pub const STATES: [&str; 4] = ["queued", "deferred", "delivered", "bounced"];
+pub const STATES: [&str; 5] = ["queued", "deferred", "delivered", "bounced", "deleted"];
 
 /// The most recent `capacity` messages accepted by this process.
 pub struct Ring {
@@ -186,6 +187,13 @@ pub fn list(ring: &Ring, spool: &Spool, filter: &Filter) -> Vec<Message> {
     let mut all = ring.snapshot();
     let known: std::collections::HashSet<String> = all.iter().map(|m| m.id.clone()).collect();
     if let Ok((entries, _problems)) = listing::entries(spool) {
+        let queued: std::collections::HashSet<&str> =
+            entries.iter().map(|e| e.id.as_str()).collect();
+        for m in &mut all {
+            if !queued.contains(m.id.as_str()) {
+                settle(ring, spool, m);
+            }
+        }
         all.extend(
             entries
                 .into_iter()
@@ -199,9 +207,33 @@ pub fn list(ring: &Ring, spool: &Spool, filter: &Filter) -> Vec<Message> {
     all
 }
 
+/// A message of the ring that may have left the spool. The queue manager
+/// records every final state in the ring before it removes a message, so one
+/// that is gone from the spool and, read again after that, still has
+/// recipients to do was removed by `queue delete`.
+fn settle(ring: &Ring, spool: &Spool, m: &mut Message) {
+    let pending = |m: &Message| {
+        m.recipients
+            .iter()
+            .any(|r| matches!(r.state, "queued" | "deferred"))
+    };
+    if !pending(m) || spool.envelope_path(&m.id).exists() {
+        return;
+    }
+    if let Some(now) = ring.get(&m.id) {
+        *m = now;
+    }
+    for r in &mut m.recipients {
+        if matches!(r.state, "queued" | "deferred") {
+            r.state = "deleted";
+        }
+    }
+}
+
 /// One message by id: from the ring, else from the spool.
 pub fn find(ring: &Ring, spool: &Spool, id: &str) -> Option<Message> {
-    if let Some(m) = ring.get(id) {
+    if let Some(mut m) = ring.get(id) {
+        settle(ring, spool, &mut m);
         return Some(m);
     }
     let (entries, _) = listing::entries(spool).ok()?;

@@ -54,7 +54,7 @@ th{background:#eaeef2;font-weight:600}
 td.id a{font-family:ui-monospace,monospace}
 .nw{white-space:nowrap}
 .state{display:inline-block;padding:0 6px;border-radius:4px;font-size:12px;margin:1px 0}
-.queued{background:#ddf4ff}.deferred{background:#fff8c5}.delivered{background:#dafbe1}.bounced{background:#ffebe9}
+.queued{background:#ddf4ff}.deleted{background:#eaeef2}.deferred{background:#fff8c5}.delivered{background:#dafbe1}.bounced{background:#ffebe9}
 .muted{color:#656d76}
 dl{display:grid;grid-template-columns:max-content 1fr;gap:4px 16px;background:#fff;padding:12px}
 dt{font-weight:600}dd{margin:0;word-break:break-all}
