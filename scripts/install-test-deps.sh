@@ -7,7 +7,9 @@
 #   port 25), python3-aiosmtpd (a STARTTLS upstream, tests/peers/aiosmtpd),
 #   Exim's binary alone under /opt/exim (tests/peers/exim/install.sh),
 #   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs,
-#   and strace (tests/syscall_order.rs watches the spool's fsync/rename order).
+#   strace (tests/syscall_order.rs watches the spool's fsync/rename order),
+#   chromium (tests/admin.rs renders the admin page headless and screenshots
+#   it) and Python's prometheus-client (its text parser reads /metrics).
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
 # something is missing. No daemon is started (policy-rc.d denies every start
@@ -24,7 +26,7 @@ command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2;
 
 here=$(cd "$(dirname "$0")" && pwd)
 packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
-          postfix python3-aiosmtpd mount e2fsprogs strace)
+          postfix python3-aiosmtpd mount e2fsprogs strace chromium)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
@@ -71,6 +73,13 @@ if ! python3 -c 'import aiosmtpd.controller' 2>/dev/null; then
 fi
 python3 -c 'import aiosmtpd.controller' && /usr/bin/python3 -c 'import aiosmtpd.controller' ||
   { echo "$0: python module aiosmtpd missing (python3-aiosmtpd / pip install aiosmtpd)" >&2; exit 1; }
+# tests/admin.rs parses /metrics with the reference Prometheus text parser.
+if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
+  python3 -m pip install --quiet --root-user-action=ignore prometheus-client
+fi
+python3 -c 'import prometheus_client.parser' ||
+  { echo "$0: python module prometheus_client missing (pip install prometheus-client)" >&2; exit 1; }
+command -v chromium >/dev/null || { echo "$0: chromium missing after install" >&2; exit 1; }
 # No system MTA may listen: nothing on port 25 (0019 in /proc/net/tcp*, state 0A).
 if awk '$2 ~ /:0019$/ && $4 == "0A" {found=1} END {exit !found}' /proc/net/tcp /proc/net/tcp6 2>/dev/null; then
   echo "$0: something listens on port 25; a system MTA must not run (postfix stop?)" >&2; exit 1

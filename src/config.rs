@@ -220,6 +220,11 @@ pub struct RouteConfig {
 #[derive(Debug, Clone)]
 pub struct AdminConfig {
     pub address: SocketAddr,
+    /// Requests (but `/healthz`) need `Authorization: Bearer <its content>`;
+    /// required when `address` is not loopback.
+    pub token_file: Option<PathBuf>,
+    /// Accepted messages remembered in memory for the API and the page.
+    pub recent_messages: usize,
 }
 
 /// A config error: where it is, what is wrong, how to fix it.
@@ -272,7 +277,7 @@ struct RawConfig {
     upstream: Vec<Spanned<RawUpstream>>,
     #[serde(default)]
     route: Vec<Spanned<RawRoute>>,
-    admin: Option<RawAdmin>,
+    admin: Option<Spanned<RawAdmin>>,
 }
 
 #[derive(Deserialize, Default)]
@@ -383,6 +388,8 @@ struct RawRoute {
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
     address: SocketAddr,
+    token_file: Option<PathBuf>,
+    recent_messages: Option<usize>,
 }
 
 /// A network in CIDR form, or a bare address meaning that one host (/32 or
@@ -911,6 +918,54 @@ impl Config {
             });
         }
 
+        let admin = match raw.admin {
+            None => None,
+            Some(a) => {
+                let line = v.line(a.span().start);
+                let a = a.into_inner();
+                let token_file = a.token_file.map(&resolve);
+                // The admin page shows senders, recipients and clients: off
+                // loopback it must not be readable by whoever can connect.
+                if !a.address.ip().is_loopback() && token_file.is_none() {
+                    return Err(v.error(
+                        line,
+                        "admin.address",
+                        format!(
+                            "[admin] address {} is not loopback and no token_file is set: anyone who can connect would read the message list",
+                            a.address
+                        ),
+                        "set token_file to a file holding a bearer token, or listen on 127.0.0.1",
+                    ));
+                }
+                if let Some(path) = &token_file {
+                    let readable = std::fs::read_to_string(path)
+                        .map_err(|e| e.to_string())
+                        .and_then(|t| {
+                            if t.trim().is_empty() {
+                                Err("it is empty".to_owned())
+                            } else {
+                                Ok(())
+                            }
+                        });
+                    if let Err(e) = readable {
+                        return Err(v.error(
+                            line,
+                            "admin.token_file",
+                            format!("cannot use {}: {e}", path.display()),
+                            "point it at a readable file holding the token (e.g. `openssl rand -hex 32 > FILE`)",
+                        ));
+                    }
+                }
+                Some(AdminConfig {
+                    address: a.address,
+                    token_file,
+                    recent_messages: a
+                        .recent_messages
+                        .unwrap_or(crate::admin::DEFAULT_RECENT_MESSAGES),
+                })
+            }
+        };
+
         Ok(Config {
             hostname,
             postmaster,
@@ -925,7 +980,7 @@ impl Config {
             queue,
             upstreams,
             routes,
-            admin: raw.admin.map(|a| AdminConfig { address: a.address }),
+            admin,
             warnings,
         })
     }

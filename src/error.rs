@@ -95,6 +95,21 @@ pub enum SmtpError {
 }
 
 impl SmtpError {
+    /// The `reason` label of `smarthost_refused_total` for refusals an
+    /// operator graphs; `None` for protocol mistakes and our own trouble.
+    pub fn metric_reason(&self) -> Option<&'static str> {
+        use SmtpError::*;
+        Some(match self {
+            RelayDenied => "relay_denied",
+            AuthFailed | TooManyAuthFailures => "auth_failed",
+            TlsRequired | EncryptionRequired => "tls_required",
+            SenderDenied => "sender_domain",
+            MessageTooBig => "size",
+            TooManyConnections | TooManyConnectionsFromIp => "rate",
+            _ => return None,
+        })
+    }
+
     /// The reply for this error. This is the only place error codes are chosen.
     pub fn reply(&self) -> Reply {
         use SmtpError::*;

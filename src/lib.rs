@@ -6,6 +6,7 @@
 //! `error` maps every refusal to its reply.
 
 pub mod address;
+pub mod admin;
 pub mod auth;
 pub mod body;
 pub mod config;

@@ -59,6 +59,7 @@ pub async fn accept_loop(
             let refusal = SmtpError::TooManyConnections;
             let reply = refusal.reply();
             crate::tracking::refused(peer, &refusal, &reply, &mut 0);
+            current.borrow().telemetry.refused(&refusal);
             let mut wire = Vec::new();
             reply.write_to(&mut wire);
             let _ = stream.try_write(&wire);
@@ -74,6 +75,8 @@ pub async fn accept_loop(
         );
         sessions.spawn(
             async move {
+                let telemetry = ctx.telemetry.clone();
+                let _active = telemetry.connection();
                 connection(stream, peer, config, ctx, per_address, shutdown).await;
                 drop(permit);
             }
@@ -111,6 +114,7 @@ async fn connection(
         let refusal = SmtpError::TooManyConnectionsFromIp;
         let reply = refusal.reply();
         crate::tracking::refused(peer, &refusal, &reply, &mut 0);
+        ctx.telemetry.refused(&refusal);
         let mut wire = Vec::new();
         reply.write_to(&mut wire);
         let _ = tokio::time::timeout(Duration::from_secs(5), stream.write_all(&wire)).await;

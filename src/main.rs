@@ -446,9 +446,24 @@ fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> Exi
                 return ExitCode::FAILURE;
             }
         };
+        let admin = match smarthost::admin::bind(&ctx.config).await {
+            Ok(a) => a,
+            Err(e) => {
+                error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        };
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let (contexts, current) = tokio::sync::watch::channel(ctx);
+        // Not part of the drain: it answers (healthz 503) until the process exits.
+        if let Some(admin) = admin {
+            tokio::spawn(smarthost::admin::serve(
+                admin,
+                current.clone(),
+                shutdown.clone(),
+            ));
+        }
         tokio::spawn(reload_on_sighup(path.clone(), contexts));
         info!("smarthost {} started", env!("CARGO_PKG_VERSION"));
         smarthost::server::serve_reloadable(listeners, current, shutdown).await;

@@ -9,6 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+use crate::admin::Telemetry;
 use crate::auth::{AuthThrottle, Users};
 use crate::config::{Config, ListenerConfig};
 use crate::connections::PerAddress;
@@ -29,6 +30,8 @@ pub struct ServerContext {
     pub delivery: Arc<Delivery>,
     /// Where sessions announce newly spooled messages.
     pub queue: QueueHandle,
+    /// Metrics and recent messages; one per process, kept across reloads.
+    pub telemetry: Arc<Telemetry>,
     /// The other end of `queue`, taken by the queue manager when serving starts.
     queue_rx: Mutex<Option<mpsc::UnboundedReceiver<String>>>,
 }
@@ -59,8 +62,11 @@ impl ServerContext {
         })?;
         let users = Users::new(&config.users);
         let (queue, queue_rx) = QueueHandle::channel();
-        let delivery =
-            Delivery::new(&config, spool.clone(), queue.clone()).map_err(StartError::Upstream)?;
+        // Without [admin] nobody reads the ring: keep none.
+        let recent = config.admin.as_ref().map_or(0, |a| a.recent_messages);
+        let telemetry = Arc::new(Telemetry::new(recent));
+        let delivery = Delivery::new(&config, spool.clone(), queue.clone(), telemetry.clone())
+            .map_err(StartError::Upstream)?;
         Ok(Arc::new(ServerContext {
             config,
             tls,
@@ -69,6 +75,7 @@ impl ServerContext {
             auth_throttle: Arc::default(),
             delivery: Arc::new(delivery),
             queue,
+            telemetry,
             queue_rx: Mutex::new(Some(queue_rx)),
         }))
     }
@@ -98,8 +105,13 @@ impl ServerContext {
         }
         let tls = tls::server_config(config.tls.as_ref(), &config.hostname)?;
         let users = Users::new(&config.users);
-        let delivery = Delivery::new(&config, self.spool.clone(), self.queue.clone())
-            .map_err(StartError::Upstream)?;
+        let delivery = Delivery::new(
+            &config,
+            self.spool.clone(),
+            self.queue.clone(),
+            self.telemetry.clone(),
+        )
+        .map_err(StartError::Upstream)?;
         Ok(Arc::new(ServerContext {
             config,
             tls,
@@ -108,6 +120,7 @@ impl ServerContext {
             auth_throttle: self.auth_throttle.clone(),
             delivery: Arc::new(delivery),
             queue: self.queue.clone(),
+            telemetry: self.telemetry.clone(),
             queue_rx: Mutex::new(None),
         }))
     }

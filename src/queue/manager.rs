@@ -15,6 +15,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info, warn};
 
+use crate::admin::Telemetry;
 use crate::config::{Config, QueueConfig};
 use crate::outbound::client::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
@@ -67,10 +68,16 @@ pub struct Delivery {
     idle: Vec<Mutex<Vec<Connection>>>,
     options: ClientOptions,
     handle: QueueHandle,
+    telemetry: Arc<Telemetry>,
 }
 
 impl Delivery {
-    pub fn new(config: &Config, spool: Spool, handle: QueueHandle) -> Result<Delivery, String> {
+    pub fn new(
+        config: &Config,
+        spool: Spool,
+        handle: QueueHandle,
+        telemetry: Arc<Telemetry>,
+    ) -> Result<Delivery, String> {
         let upstreams = config
             .upstreams
             .iter()
@@ -99,6 +106,7 @@ impl Delivery {
             },
             upstreams,
             handle,
+            telemetry,
         })
     }
 
@@ -309,6 +317,7 @@ impl Delivery {
             return next_due(&env);
         }
         let domain = env.route_domain.clone().or_else(|| domain_of(&env.sender));
+        let mut last_tried = None;
         let outcome = match self.routes.for_domain(domain.as_deref()) {
             None => Err("451 4.4.0 no route for this sender domain".to_owned()),
             Some(route) => {
@@ -317,6 +326,7 @@ impl Delivery {
                 let mut result = None;
                 for u in route.order(&self.health) {
                     let name = self.upstreams[u].name.as_str();
+                    last_tried = Some(u);
                     let started = std::time::Instant::now();
                     let tried = self.attempt(u, &env, &recipients, &message).await;
                     let duration_ms = started.elapsed().as_millis() as u64;
@@ -347,6 +357,7 @@ impl Delivery {
                             let error = e.to_string();
                             warn!(event = tracking::ATTEMPT, queue_id = id, upstream = name, duration_ms, error = &*clean(&error), set_aside = ?aside, "attempt failed");
                             last_error = format!("upstream {name}: {e}");
+                            self.telemetry.upstream_failed(id, name, &e.to_string());
                         }
                     }
                 }
@@ -439,6 +450,16 @@ impl Delivery {
                 }
             };
         }
+
+        self.telemetry.attempted(
+            &env,
+            &due,
+            outcome
+                .as_ref()
+                .ok()
+                .map(|(u, ..)| self.upstreams[*u].name.as_str()),
+            last_tried.map(|u: usize| self.upstreams[u].name.as_str()),
+        );
 
         let notice = if notices.is_empty() {
             Ok(None)

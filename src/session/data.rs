@@ -227,6 +227,7 @@ impl Session {
     /// Ends the transaction: checks the content, spools it, and replies. A 250
     /// is sent only after the spool says the message is durable.
     async fn finish_message(&mut self) -> Flow {
+        let end_of_data = std::time::Instant::now();
         let Some(txn) = self.txn.take() else {
             return Flow::Continue;
         };
@@ -284,6 +285,9 @@ impl Session {
                     "message accepted"
                 );
                 self.junk = 0;
+                self.ctx
+                    .telemetry
+                    .accepted(&envelope, end_of_data.elapsed());
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
                 self.ctx.queue.submit(id);
                 Flow::Continue

@@ -263,6 +263,7 @@ impl Session {
         match tokio::time::timeout(timeout, acceptor.accept(plain)).await {
             Ok(Ok(tls)) => {
                 let info = crate::tls::describe(tls.get_ref().1);
+                self.ctx.telemetry.tls_handshake(&info.version);
                 debug!(client = %self.peer, version = %info.version, cipher = %info.cipher, "TLS established");
                 self.stream = Box::new(tls);
                 self.tls = Some(info);
@@ -413,6 +414,7 @@ impl Session {
     fn refuse(&mut self, error: SmtpError) -> Flow {
         let reply = error.reply();
         crate::tracking::refused(self.peer, &error, &reply, &mut self.refusals);
+        self.ctx.telemetry.refused(&error);
         self.reply(reply);
         if error.closes_connection() {
             return Flow::Close;
