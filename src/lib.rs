@@ -13,6 +13,7 @@ pub mod connections;
 pub mod demo;
 pub mod dot;
 pub mod error;
+pub mod health;
 pub mod listener;
 pub mod outbound;
 pub mod policy;
