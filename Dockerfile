@@ -6,7 +6,7 @@ FROM rust:1.95-bookworm AS build
 ENV CARGO_PROFILE_RELEASE_DEBUG=0 \
     CARGO_PROFILE_RELEASE_STRIP=symbols \
     CARGO_TERM_COLOR=never
-# setcap gives the binary CAP_NET_BIND_SERVICE (port 25 without root).
+# setcap, to give the binary CAP_NET_BIND_SERVICE (port 25 without root).
 RUN apt-get update -q && apt-get install -y -q --no-install-recommends libcap2-bin \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
@@ -21,8 +21,7 @@ RUN mkdir -p src benches \
        target/release/deps/smarthost-* target/release/deps/libsmarthost-*
 COPY src src
 COPY benches benches
-RUN cargo build --release --locked \
-    && setcap cap_net_bind_service=+ep target/release/smarthost
+RUN cargo build --release --locked
 
 FROM debian:bookworm-slim
 # /var/spool/sink: where `smarthost sink` writes in docker-compose.yml.
@@ -31,6 +30,10 @@ RUN useradd --system --uid 10025 --user-group --home-dir /var/lib/smarthost \
     && mkdir -p /etc/smarthost/certs /var/spool/smarthost /var/spool/sink \
     && chown smarthost:smarthost /var/spool/smarthost /var/spool/sink
 COPY --from=build /src/target/release/smarthost /usr/local/bin/smarthost
+# COPY does not carry file capabilities, so the capability is set here, with
+# the build stage's setcap (libcap2 is in the slim base: apt needs it).
+COPY --from=build /usr/sbin/setcap /usr/local/sbin/setcap
+RUN setcap cap_net_bind_service=+ep /usr/local/bin/smarthost && rm /usr/local/sbin/setcap
 COPY deploy/docker/smarthost.toml /etc/smarthost/smarthost.toml
 USER smarthost
 WORKDIR /var/lib/smarthost
@@ -39,8 +42,8 @@ VOLUME /var/spool/smarthost
 EXPOSE 25 465 587 8025
 # The admin /healthz when [admin] is set, else the SMTP banner. `docker stop`
 # sends SIGTERM to the binary (PID 1): it drains and exits 0 within
-# limits.shutdown_grace (10s in the default config, the same as docker stop's).
-HEALTHCHECK --interval=10s --timeout=10s --start-period=5s --retries=3 \
+# limits.shutdown_grace (8s in the default config: docker stop waits 10s).
+HEALTHCHECK --interval=5s --timeout=10s --start-period=5s --retries=3 \
     CMD ["smarthost", "health", "--config", "/etc/smarthost/smarthost.toml"]
 ENTRYPOINT ["smarthost"]
 CMD ["serve", "--config", "/etc/smarthost/smarthost.toml"]
