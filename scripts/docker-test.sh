@@ -30,6 +30,10 @@ now() { date +%s.%N; }
 since() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 
 compose() { SMARTHOST_PORT="$COMPOSE_PORT" docker-compose -p "$COMPOSE_PROJECT" "$@"; }
+scale() {
+    SMARTHOST_SCALE_PORT="$SCALE_PORT" docker-compose -f deploy/scale-out/docker-compose.yml \
+        -p "${COMPOSE_PROJECT}so" "$@"
+}
 
 cleanup() {
     set +e
@@ -37,6 +41,7 @@ cleanup() {
     docker volume rm "$P-spool" >/dev/null 2>&1
     docker network rm "$P-net" >/dev/null 2>&1
     compose down -v --remove-orphans >/dev/null 2>&1
+    scale down -v --remove-orphans >/dev/null 2>&1
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -251,6 +256,70 @@ start=$(now)
 compose stop relay >/dev/null 2>&1
 check "compose stop relay: exit 0 ($(since "$start") s)" \
     [ "$(docker inspect -f '{{.State.ExitCode}}' "$(compose ps -q relay)")" = 0 ]
+
+# --- scale-out: HAProxy (PROXY v2) in front of two relays --------------------
+SCALE_PORT=$(free_port)
+scale build haproxy >/dev/null 2>&1 || bad "build the haproxy image"
+scale up -d --no-build >/dev/null 2>&1
+for s in relay-1 relay-2 upstream-eu upstream-us; do
+    eventually 60 health_is "$(scale ps -q $s)" healthy || bad "scale-out $s healthy"
+done
+R1=$(scale ps -q relay-1)
+SEU=$(scale ps -q upstream-eu)
+SUS=$(scale ps -q upstream-us)
+delivered() { echo $(($(count_in "$SEU" /var/spool/sink) + $(count_in "$SUS" /var/spool/sink))); }
+delivered_is() { [ "$(delivered)" = "$1" ]; }
+accepted_by() { docker logs "$(scale ps -q "$1")" 2>&1 | grep -c 'message accepted' || true; }
+send_all() { # N SUBJECT: sends N messages through HAProxy; prints how many got a 250
+    local n=0
+    for i in $(seq 1 "$1"); do send "$SCALE_PORT" "$2 $i" && n=$((n + 1)); done
+    echo "$n"
+}
+eventually 20 send "$SCALE_PORT" "scale warm-up" || bad "haproxy passes mail"
+expected=1
+check "scale-out: 4 accepted through HAProxy" [ "$(send_all 4 scale)" = 4 ]
+expected=$((expected + 4))
+check "scale-out: both relays took mail (relay-1 $(accepted_by relay-1), relay-2 $(accepted_by relay-2))" \
+    [ "$(accepted_by relay-1)" -ge 1 -a "$(accepted_by relay-2)" -ge 1 ]
+check "scale-out: all delivered" eventually 20 delivered_is "$expected"
+gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "${COMPOSE_PROJECT}so_scale-out")
+received=$(docker exec "$SEU" sh -c 'cat /var/spool/sink/*.eml' | grep -m1 '^Received: from')
+check "Received shows the real client through PROXY v2 ($received)" \
+    bash -c "[[ '$received' == *'[$gateway])'* ]]"
+# A container on the private network, straight to a relay, without a PROXY header.
+direct=$(docker exec "$SEU" bash -c 'exec 3<>/dev/tcp/relay-1/25; timeout 5 head -c 3 <&3' 2>/dev/null || true)
+check "a direct connection without a PROXY header gets no banner (${direct:-nothing})" [ -z "$direct" ]
+
+start=$(now)
+scale stop relay-1 >/dev/null 2>&1
+check "relay-1 stopped with exit status 0 ($(since "$start") s)" [ "$(docker inspect -f '{{.State.ExitCode}}' "$R1")" = 0 ]
+start=$(now)
+check "relay-1 down: 4 accepted at once through relay-2" [ "$(send_all 4 one-down)" = 4 ]
+say "4 messages through HAProxy with relay-1 down in $(since "$start") s"
+expected=$((expected + 4))
+check "relay-1 down: all delivered" eventually 20 delivered_is "$expected"
+
+# Mail a stopped relay holds is delivered when it comes back.
+scale start relay-1 >/dev/null 2>&1
+eventually 60 health_is "$R1" healthy || bad "relay-1 healthy again"
+scale stop upstream-eu upstream-us >/dev/null 2>&1
+before1=$(accepted_by relay-1)
+check "upstreams down: 6 accepted" [ "$(send_all 6 held)" = 6 ]
+expected=$((expected + 6))
+held=$(($(accepted_by relay-1) - before1))
+scale stop relay-1 >/dev/null 2>&1
+scale start upstream-eu upstream-us >/dev/null 2>&1
+sleep 15
+got=$(delivered)
+check "with relay-1 stopped, all but its $held held messages delivered ($got of $expected)" \
+    [ "$got" = $((expected - held)) -a "$held" -ge 1 ]
+start=$(now)
+scale start relay-1 >/dev/null 2>&1
+if eventually 60 delivered_is "$expected"; then
+    ok "relay-1 back: its $held held messages delivered ($(since "$start") s); nothing lost, nothing twice"
+else
+    bad "relay-1 back: $(delivered) of $expected delivered"
+fi
 
 echo "$passed passed, $failed failed"
 [ "$failed" = 0 ]
