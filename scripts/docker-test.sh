@@ -283,7 +283,7 @@ check "scale-out: both relays took mail (relay-1 $(accepted_by relay-1), relay-2
     [ "$(accepted_by relay-1)" -ge 1 -a "$(accepted_by relay-2)" -ge 1 ]
 check "scale-out: all delivered" eventually 20 delivered_is "$expected"
 gateway=$(docker network inspect -f '{{(index .IPAM.Config 0).Gateway}}' "${COMPOSE_PROJECT}so_scale-out")
-received=$(docker exec "$SEU" sh -c 'cat /var/spool/sink/*.eml' | grep -m1 '^Received: from')
+received=$(docker exec "$SEU" sh -c 'cat /var/spool/sink/*.eml | grep -m1 "^Received: from"' || true)
 check "Received shows the real client through PROXY v2 ($received)" \
     bash -c "[[ '$received' == *'[$gateway])'* ]]"
 # A container on the private network, straight to a relay, without a PROXY header.
@@ -293,9 +293,11 @@ check "a direct connection without a PROXY header gets no banner (${direct:-noth
 start=$(now)
 scale stop relay-1 >/dev/null 2>&1
 check "relay-1 stopped with exit status 0 ($(since "$start") s)" [ "$(docker inspect -f '{{.State.ExitCode}}' "$R1")" = 0 ]
-start=$(now)
-check "relay-1 down: 4 accepted at once through relay-2" [ "$(send_all 4 one-down)" = 4 ]
-say "4 messages through HAProxy with relay-1 down in $(since "$start") s"
+for i in 1 2 3 4; do
+    start=$(now)
+    send "$SCALE_PORT" "one-down $i" && ok "relay-1 down: message $i accepted through relay-2 in $(since "$start") s" ||
+        bad "relay-1 down: message $i refused"
+done
 expected=$((expected + 4))
 check "relay-1 down: all delivered" eventually 20 delivered_is "$expected"
 

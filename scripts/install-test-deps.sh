@@ -7,7 +7,8 @@
 #   port 25), python3-aiosmtpd (a STARTTLS upstream, tests/peers/aiosmtpd),
 #   Exim's binary alone under /opt/exim (tests/peers/exim/install.sh),
 #   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs,
-#   and strace (tests/syscall_order.rs watches the spool's fsync/rename order).
+#   strace (tests/syscall_order.rs watches the spool's fsync/rename order),
+#   and python3-yaml (tests/kubernetes.rs reads deploy/kubernetes/ with it).
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
 # something is missing. No daemon is started (policy-rc.d denies every start
@@ -24,7 +25,7 @@ command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2;
 
 here=$(cd "$(dirname "$0")" && pwd)
 packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
-          postfix python3-aiosmtpd mount e2fsprogs strace)
+          postfix python3-aiosmtpd mount e2fsprogs strace python3-yaml)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
