@@ -9,7 +9,8 @@
 #   mount (losetup) + e2fsprogs (mkfs.ext4, e2fsck) for tests/disk_faults.rs,
 #   strace (tests/syscall_order.rs watches the spool's fsync/rename order),
 #   chromium (tests/admin.rs renders the admin page headless and screenshots
-#   it) and Python's prometheus-client (its text parser reads /metrics).
+#   it), Python's prometheus-client (its text parser reads /metrics)
+#   and python3-yaml (tests/kubernetes.rs reads deploy/kubernetes/ with it).
 # Debian bookworm (or derivative), as root or via sudo. Idempotent: packages
 # already present are not reinstalled and `apt-get update` runs only when
 # something is missing. No daemon is started (policy-rc.d denies every start
@@ -26,7 +27,7 @@ command -v apt-get >/dev/null || { echo "$0: needs apt-get (Debian/Ubuntu)" >&2;
 
 here=$(cd "$(dirname "$0")" && pwd)
 packages=(swaks libnet-ssleay-perl libio-socket-ssl-perl openssl ca-certificates python3 haproxy
-          postfix python3-aiosmtpd mount e2fsprogs strace chromium)
+          postfix python3-aiosmtpd mount e2fsprogs strace chromium python3-yaml)
 
 # Packages not yet installed (dpkg's "install ok installed" state).
 missing=()
@@ -77,6 +78,12 @@ python3 -c 'import aiosmtpd.controller' && /usr/bin/python3 -c 'import aiosmtpd.
 if ! python3 -c 'import prometheus_client.parser' 2>/dev/null; then
   python3 -m pip install --quiet --root-user-action=ignore prometheus-client
 fi
+# tests/kubernetes.rs runs python3 from PATH too: PyYAML for it as well.
+if ! python3 -c 'import yaml' 2>/dev/null; then
+  python3 -m pip install --quiet --root-user-action=ignore pyyaml
+fi
+python3 -c 'import yaml' ||
+  { echo "$0: python module yaml missing (pip install pyyaml)" >&2; exit 1; }
 python3 -c 'import prometheus_client.parser' ||
   { echo "$0: python module prometheus_client missing (pip install prometheus-client)" >&2; exit 1; }
 command -v chromium >/dev/null || { echo "$0: chromium missing after install" >&2; exit 1; }

@@ -2,7 +2,7 @@
 //! round-robin to two `sink` upstreams, all in one process, with its state
 //! (config, certificate, spool, what the sinks receive) in one directory.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
@@ -50,17 +50,21 @@ pub async fn run(
             format!("[[upstream]]\nname = \"{name}\"\naddress = \"{addr}\"\ntls = \"none\"\n\n")
         })
         .collect();
-    // Private networks are allowed so `docker run -p` clients (from the
-    // bridge) can relay too; nothing public is.
+    let relay_networks = relay_networks(listen);
     let text = format!(
         "# Written by `smarthost demo`; regenerated at every start.\n\
          hostname = \"smarthost.demo\"\n\n\
          [[listener]]\naddress = \"{listen}\"\ntls = \"starttls\"\n\n\
          [tls]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n\n\
-         [access]\nrelay_networks = [\"127.0.0.0/8\", \"::1/128\", \"10.0.0.0/8\", \"172.16.0.0/12\", \"192.168.0.0/16\", \"fc00::/7\"]\n\n\
+         [access]\nrelay_networks = [{}]\n\n\
          [queue]\npath = \"spool\"\nretry_min = \"10s\"\nretry_max = \"1m\"\n\n{upstreams}",
         cert.display(),
-        key.display()
+        key.display(),
+        relay_networks
+            .iter()
+            .map(|n| format!("\"{n}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let config_path = state.join("smarthost.toml");
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
@@ -86,6 +90,7 @@ pub async fn run(
             dir.display()
         );
     }
+    println!("  relaying for {}", relay_networks.join(", "));
     println!("\nSend a test message (several, to see them alternate):\n");
     println!(
         "  swaks --server {} --port {} --tls --from you@example.com --to someone@example.net\n",
@@ -121,6 +126,39 @@ fn shell_word(text: &str) -> String {
     }
 }
 
+/// Loopback, and when the demo listens beyond loopback (in a container, with
+/// `docker run -p`) the default-route gateway as one /32: a published port
+/// reaches the container from the Docker network's gateway (docker-proxy or
+/// NAT), not from 127.0.0.1. Only that address: the demo is never an open relay.
+fn relay_networks(listen: SocketAddr) -> Vec<String> {
+    let mut networks = vec!["127.0.0.0/8".to_owned(), "::1/128".to_owned()];
+    if !listen.ip().is_loopback() {
+        let gateway = std::fs::read_to_string("/proc/net/route")
+            .ok()
+            .and_then(|table| default_gateway(&table));
+        if let Some(gateway) = gateway {
+            networks.push(format!("{gateway}/32"));
+        }
+    }
+    networks
+}
+
+/// The gateway of the IPv4 default route in a `/proc/net/route` table: the
+/// row whose Destination and Mask are 0 (addresses are hex, host byte order).
+fn default_gateway(table: &str) -> Option<Ipv4Addr> {
+    table.lines().skip(1).find_map(|row| {
+        let fields: Vec<&str> = row.split_whitespace().collect();
+        let (destination, gateway, mask) = (fields.get(1)?, fields.get(2)?, fields.get(7)?);
+        if *destination != "00000000" || *mask != "00000000" {
+            return None;
+        }
+        let raw = u32::from_str_radix(gateway, 16).ok()?;
+        // The kernel prints the in-memory (network order) bytes as a host-order u32.
+        let ip = Ipv4Addr::from(raw.to_ne_bytes());
+        (!ip.is_unspecified()).then_some(ip)
+    })
+}
+
 /// The demo's self-signed ECDSA certificate, made on first start and kept.
 fn certificate(state: &Path) -> Result<(PathBuf, PathBuf), String> {
     let cert = state.join("demo.crt");
@@ -151,4 +189,34 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
         .open(path)
         .and_then(|mut f| f.write_all(bytes))
         .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A container's table: eth0 with gateway 172.17.0.1 (0x010011AC).
+    const TABLE: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+eth0\t00000000\t010011AC\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+eth0\t000011AC\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n";
+
+    #[test]
+    fn default_gateway_from_proc_net_route() {
+        assert_eq!(default_gateway(TABLE), Some(Ipv4Addr::new(172, 17, 0, 1)));
+        let no_default = TABLE.lines().take(1).chain(TABLE.lines().skip(2));
+        assert_eq!(
+            default_gateway(&no_default.collect::<Vec<_>>().join("\n")),
+            None
+        );
+    }
+
+    #[test]
+    fn loopback_demo_relays_for_loopback_only() {
+        let nets = relay_networks("127.0.0.1:2525".parse().unwrap());
+        assert_eq!(nets, ["127.0.0.0/8", "::1/128"]);
+        // Beyond loopback at most one /32 is added, never a wide network.
+        let nets = relay_networks("0.0.0.0:2525".parse().unwrap());
+        assert!(nets.len() <= 3);
+        assert!(nets[2..].iter().all(|n| n.ends_with("/32")));
+    }
 }

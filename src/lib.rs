@@ -14,6 +14,7 @@ pub mod connections;
 pub mod demo;
 pub mod dot;
 pub mod error;
+pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod outbound;

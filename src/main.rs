@@ -92,6 +92,14 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:2525", value_name = "ADDR")]
         listen: std::net::SocketAddr,
     },
+    /// Probe the running relay (admin /healthz, else its SMTP banner): exit 0 healthy, 1 not.
+    Health {
+        #[arg(long, required_unless_present = "smtp")]
+        config: Option<PathBuf>,
+        /// Probe this SMTP address's banner instead (e.g. a `sink`'s).
+        #[arg(long, conflicts_with = "config")]
+        smtp: Option<std::net::SocketAddr>,
+    },
     /// Inspect and manage the queue (works while the relay runs).
     Queue {
         #[command(subcommand)]
@@ -138,6 +146,38 @@ fn main() -> ExitCode {
             tls_key,
         } => sink(listen, dir, tls_cert.zip(tls_key)),
         Command::Demo { listen } => demo(listen),
+        Command::Health { config, smtp } => health(config, smtp),
+    }
+}
+
+/// The container HEALTHCHECK (see src/health.rs).
+fn health(config: Option<PathBuf>, smtp: Option<std::net::SocketAddr>) -> ExitCode {
+    use smarthost::health::Probe;
+    let result = match (config, smtp) {
+        (_, Some(address)) => Probe::Smtp {
+            address,
+            implicit: false,
+        }
+        .run(std::time::Duration::ZERO)
+        .map_err(|e| e.to_string()),
+        (Some(path), None) => Config::load(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| {
+                Probe::for_config(&config)
+                    .and_then(|probe| probe.run(config.limits.banner_delay))
+                    .map_err(|e| e.to_string())
+            }),
+        (None, None) => Err("--config or --smtp is required".into()),
+    };
+    match result {
+        Ok(seen) => {
+            println!("healthy: {seen}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
