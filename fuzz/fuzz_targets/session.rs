@@ -43,11 +43,9 @@ use smarthost::outbound::Capabilities;
 use smarthost::outbound::client::{mail_command, rcpt_command, wire_path};
 use smarthost::policy;
 use smarthost::session::command::{self, Parsed};
+use smarthost::session::notify_keywords;
 use smarthost::spool::Envelope;
-use smtp_proto::{
-    MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8, RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE,
-    RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS,
-};
+use smtp_proto::{MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8};
 use smarthost::server::ServerContext;
 use smarthost::session::Session;
 use smarthost::spool::Spool;
@@ -541,16 +539,7 @@ fn check_upstream_view(ctx: &ServerContext, env: &Envelope) {
         };
         let judged = Mailbox::parse(&r.address).expect("a stored recipient parses");
         assert_eq!(path, MailPath::Mailbox(judged), "RCPT reads back as another: {line:?}");
-        let notify = [
-            (RCPT_NOTIFY_NEVER, "NEVER"),
-            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-            (RCPT_NOTIFY_FAILURE, "FAILURE"),
-            (RCPT_NOTIFY_DELAY, "DELAY"),
-        ]
-        .iter()
-        .filter(|(flag, _)| to.flags & flag != 0)
-        .map(|(_, name)| (*name).to_owned())
-        .collect::<Vec<_>>();
+        let notify = notify_keywords(to.flags);
         assert_eq!(
             notify,
             r.notify.clone().unwrap_or_default(),

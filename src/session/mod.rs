@@ -32,6 +32,7 @@ use crate::server::ServerContext;
 use crate::spool::{MailParams, Recipient, TlsInfo};
 
 pub use command::MAX_COMMAND_LINE;
+pub use rcpt::notify_keywords;
 
 /// Any byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

@@ -36,16 +36,7 @@ impl Session {
         {
             return Err(SmtpError::InvalidParameter("NOTIFY"));
         }
-        let notify: Vec<String> = [
-            (RCPT_NOTIFY_NEVER, "NEVER"),
-            (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
-            (RCPT_NOTIFY_FAILURE, "FAILURE"),
-            (RCPT_NOTIFY_DELAY, "DELAY"),
-        ]
-        .iter()
-        .filter(|(flag, _)| to.flags & flag != 0)
-        .map(|(_, name)| (*name).to_owned())
-        .collect();
+        let notify = notify_keywords(to.flags);
         let mailbox = match path {
             Path::Mailbox(m) => m,
             // RFC 5321 §4.5.1: `<Postmaster>` without a domain MUST be
@@ -76,4 +67,19 @@ impl Session {
         });
         Ok(Reply::new(250, "2.1.5", "Recipient OK"))
     }
+}
+
+/// The NOTIFY keywords (RFC 3461 §4.1) set in smtp-proto's RCPT flags, in
+/// the order they are stored in the spool.
+pub fn notify_keywords(flags: u64) -> Vec<String> {
+    [
+        (RCPT_NOTIFY_NEVER, "NEVER"),
+        (RCPT_NOTIFY_SUCCESS, "SUCCESS"),
+        (RCPT_NOTIFY_FAILURE, "FAILURE"),
+        (RCPT_NOTIFY_DELAY, "DELAY"),
+    ]
+    .iter()
+    .filter(|(flag, _)| flags & flag != 0)
+    .map(|(_, name)| (*name).to_owned())
+    .collect()
 }
