@@ -26,11 +26,7 @@ fn auth_harness(extra: &str) -> Harness {
         hash(PASSWORD),
         hash(PASSWORD)
     ));
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-        "relay_networks = [\"127.0.0.2/32\", \"::1/128\"]",
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.replace_access_line("relay_networks = [\"127.0.0.2/32\", \"::1/128\"]");
     h
 }
 
@@ -328,11 +324,9 @@ fn proxy_harness() -> Harness {
         "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
         "",
     );
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    h.replace_access_line(
         "relay_networks = [\"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
     );
-    std::fs::write(&h.config_path, text).unwrap();
     h
 }
 

@@ -125,11 +125,7 @@ async fn a_user_limited_to_one_domain_cannot_send_as_another_through_quotes() {
     );
     let h = harness(&fake, "", &user);
     // Only AUTH lets this client relay.
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-        "relay_networks = [\"192.0.2.0/24\"]",
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.replace_access_line("relay_networks = [\"192.0.2.0/24\"]");
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
     let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0tenant\0{PASSWORD}"));
@@ -298,11 +294,7 @@ async fn postmaster_without_a_domain_is_accepted_and_relayed() {
 async fn postmaster_follows_the_relay_rules() {
     let fake = FakeUpstream::start(Script::default()).await;
     let h = harness(&fake, "", "");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-        "relay_networks = [\"192.0.2.0/24\"]",
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.replace_access_line("relay_networks = [\"192.0.2.0/24\"]");
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
     c.cmd("MAIL FROM:<a@good.test>", "250").await;

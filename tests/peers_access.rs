@@ -48,11 +48,7 @@ fn auth_only_harness() -> Harness {
         "[[user]]\nname = \"exchange01\"\npassword_hash = \"{}\"\n",
         hash(PASSWORD)
     ));
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
-        "relay_networks = []",
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.replace_access_line("relay_networks = []");
     h
 }
 
@@ -129,11 +125,9 @@ fn proxied_harness() -> Harness {
         "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
         "",
     );
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    h.replace_access_line(
         "relay_networks = [\"127.0.0.3/32\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
     );
-    std::fs::write(&h.config_path, text).unwrap();
     h
 }
 

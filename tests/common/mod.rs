@@ -148,6 +148,15 @@ impl Harness {
         }
     }
 
+    /// Replaces the harness's `relay_networks = [...]` line with `lines`
+    /// (other networks, or more `[access]` keys).
+    pub fn replace_access_line(&self, lines: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        let default = "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]";
+        assert!(text.contains(default), "{text}");
+        std::fs::write(&self.config_path, text.replace(default, lines)).unwrap();
+    }
+
     pub fn config(&self) -> Config {
         Config::load(&self.config_path).unwrap_or_else(|e| panic!("{e}"))
     }
