@@ -610,9 +610,9 @@ fn main() -> Res<()> {
         .build()?;
     let listeners = server_rt.block_on(smarthost::bind(&config))?;
     let relay_addr = listeners[0].0.local_addr()?;
-    let ctx = smarthost::ServerContext::new(config)?;
+    let (ctx, arrivals) = smarthost::ServerContext::new(config)?;
     let shutdown = CancellationToken::new();
-    let served = server_rt.spawn(smarthost::serve(listeners, ctx, shutdown.clone()));
+    let served = server_rt.spawn(smarthost::serve(listeners, ctx, arrivals, shutdown.clone()));
 
     let sink = match find_smtp_sink() {
         None => {

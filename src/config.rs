@@ -961,7 +961,7 @@ impl Config {
                     token_file,
                     recent_messages: a
                         .recent_messages
-                        .unwrap_or(crate::admin::DEFAULT_RECENT_MESSAGES),
+                        .unwrap_or(crate::telemetry::DEFAULT_RECENT_MESSAGES),
                 })
             }
         };

@@ -9,7 +9,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::server::{self, ServerContext};
+use crate::context::{ServerContext, StartError};
+use crate::server;
 
 /// Where the demo keeps its files, relative to the working directory.
 pub const STATE_DIR: &str = "smarthost-demo";
@@ -70,13 +71,13 @@ pub async fn run(
     std::fs::write(&config_path, &text).map_err(|e| format!("{}: {e}", config_path.display()))?;
     let config = Config::parse(&text, &config_path).map_err(|e| e.to_string())?;
     let listeners = server::bind(&config).await.map_err(|e| match e {
-        server::StartError::Listen { .. } => format!(
+        StartError::Listen { .. } => format!(
             "{e}\n  fix: another program uses that port; pick a free one with `{} demo --listen 127.0.0.1:2526`",
             this_program()
         ),
         other => other.to_string(),
     })?;
-    let ctx = ServerContext::new(config).map_err(|e| e.to_string())?;
+    let (ctx, arrivals) = ServerContext::new(config).map_err(|e| e.to_string())?;
 
     let here = listeners
         .first()
@@ -104,7 +105,7 @@ pub async fn run(
     );
     println!("Stop with Ctrl-C.\n");
 
-    server::serve(listeners, ctx, shutdown).await;
+    server::serve(listeners, ctx, arrivals, shutdown).await;
     Ok(())
 }
 

@@ -13,9 +13,9 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::config::ListenerConfig;
 use crate::connections::PerAddress;
+use crate::context::ServerContext;
 use crate::error::SmtpError;
 use crate::proxy;
-use crate::server::ServerContext;
 use crate::session::Session;
 
 /// Accepts until `shutdown`; each connection gets a session task in `sessions`.

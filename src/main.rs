@@ -468,9 +468,9 @@ fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> Exi
     runtime.block_on(async move {
         // Certificates, upstreams and the spool first: a config error is
         // reported as such even when the port is also taken.
-        let ctx = match ServerContext::new(config) {
+        let (ctx, arrivals) = match ServerContext::new(config) {
             Ok(c) => c,
-            Err(smarthost::server::StartError::Tls(e)) => {
+            Err(smarthost::context::StartError::Tls(e)) => {
                 error!("{}", locate_tls_error(&path, &e));
                 return ExitCode::FAILURE;
             }
@@ -506,7 +506,7 @@ fn serve(path: PathBuf, log_format: Option<smarthost::config::LogFormat>) -> Exi
         }
         tokio::spawn(reload_on_sighup(path.clone(), contexts));
         info!("smarthost {} started", env!("CARGO_PKG_VERSION"));
-        smarthost::server::serve_reloadable(listeners, current, shutdown).await;
+        smarthost::server::serve_reloadable(listeners, current, arrivals, shutdown).await;
         info!("stopped");
         ExitCode::SUCCESS
     })
@@ -552,7 +552,7 @@ async fn reload_on_sighup(
                     .reload(config)
                     .map(|ctx| (ctx, warnings, changes))
                     .map_err(|e| match e {
-                        smarthost::server::StartError::Tls(e) => locate_tls_error(&path, &e),
+                        smarthost::context::StartError::Tls(e) => locate_tls_error(&path, &e),
                         other => other.to_string(),
                     })
             }

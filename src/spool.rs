@@ -371,10 +371,15 @@ impl Spool {
         Ok(ids)
     }
 
+    /// Reads one queued message's envelope alone (delivery state, no content).
+    pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
+        let json = fs::read(self.envelope_path(id))?;
+        parse_envelope(id, &json)
+    }
+
     /// Reads one queued message back, checking that the pair is consistent.
     pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
-        let json = fs::read(self.envelope_path(id))?;
-        let envelope = parse_envelope(id, &json)?;
+        let envelope = self.read_envelope(id)?;
         let message = fs::read(self.message_path(id))?;
         if message.len() as u64 != envelope.size {
             return Err(SpoolError::Corrupt {
@@ -387,6 +392,40 @@ impl Spool {
             });
         }
         Ok((envelope, message))
+    }
+}
+
+/// The same reads and removal for async callers (the queue manager, the admin
+/// endpoint): on a blocking thread, since a queued message may be 150 MiB and
+/// up to 64 deliveries read at once.
+impl Spool {
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Spool) -> Result<T, SpoolError> + Send + 'static,
+    ) -> Result<T, SpoolError> {
+        let spool = self.clone();
+        tokio::task::spawn_blocking(move || f(&spool))
+            .await
+            .map_err(|e| SpoolError::Task(e.to_string()))?
+    }
+
+    pub async fn read_async(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.read(&id)).await
+    }
+
+    pub async fn read_envelope_async(&self, id: &str) -> Result<Envelope, SpoolError> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.read_envelope(&id)).await
+    }
+
+    pub async fn list_async(&self) -> Result<Vec<String>, SpoolError> {
+        self.blocking(|s| Ok(s.list()?)).await
+    }
+
+    pub async fn remove_async(&self, id: &str) -> Result<(), SpoolError> {
+        let id = id.to_owned();
+        self.blocking(move |s| Ok(s.remove(&id)?)).await
     }
 }
 

@@ -349,7 +349,7 @@ async fn smtp_sink_gets_all_twenty_and_the_bytes_the_relay_spooled() {
 async fn smtp_sink_temporary_failures_defer_with_the_upstream_reply() {
     // (smtp-sink options, what the recorded reply must contain). A reply to
     // a recipient or to the data is recorded as it came; a failure of the
-    // whole session is recorded as "451 4.4.1 upstream NAME: ..." with the
+    // whole session is recorded as "4xx upstream NAME: ..." with the
     // upstream's reply (or the I/O error) in the text.
     let cases: [(&[&str], &str); 4] = [
         // 4xx to RCPT (-r implies no PIPELINING)

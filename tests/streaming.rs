@@ -32,7 +32,7 @@ fn files(dir: &Path) -> usize {
 /// Greeted, with one recipient, ready for DATA or BDAT.
 async fn transaction(
     h: &Harness,
-    ctx: &std::sync::Arc<smarthost::server::ServerContext>,
+    ctx: &std::sync::Arc<smarthost::ServerContext>,
 ) -> Client<tokio::io::DuplexStream> {
     let mut c = h.session(ctx, "127.0.0.1:4000");
     c.hello().await;

@@ -156,7 +156,7 @@ fn assert_alive(relay: &mut Relay) {
 }
 
 /// The single faulty upstream: the message is deferred with `reply_has` in
-/// its recorded reply (a failed attempt is recorded as `451 4.4.1 upstream
+/// its recorded reply (a failed attempt is recorded as `451 4.4.x upstream
 /// NAME: what went wrong`), retried (more connections), and the failure logged.
 async fn deferred_and_retried(
     h: &Harness,
@@ -384,7 +384,7 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
             assert!(
                 queue_states(&h)
                     .iter()
-                    .all(|(s, r)| s == "deferred" && r.starts_with("451 4.4.1 upstream alone")),
+                    .all(|(s, r)| s == "deferred" && r.starts_with("451 4.4.2 upstream alone")),
                 "{:?}",
                 queue_states(&h)
             );

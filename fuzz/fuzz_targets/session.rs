@@ -46,7 +46,7 @@ use smarthost::session::command::{self, Parsed};
 use smarthost::session::notify_keywords;
 use smarthost::spool::Envelope;
 use smtp_proto::{MAIL_RET_FULL, MAIL_RET_HDRS, MAIL_SMTPUTF8};
-use smarthost::server::ServerContext;
+use smarthost::ServerContext;
 use smarthost::session::Session;
 use smarthost::spool::Spool;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream};
@@ -178,7 +178,7 @@ password_hash = "{hash}"
             );
             let config =
                 Config::parse(&text, &dir.join("smarthost.toml")).unwrap_or_else(|e| panic!("{e}"));
-            ServerContext::new(config).unwrap()
+            ServerContext::new(config).unwrap().0
         })
     }
 }

@@ -18,7 +18,7 @@ use tracing::{error, info};
 use super::messages::{self, Filter};
 use super::page;
 use crate::config::Config;
-use crate::server::ServerContext;
+use crate::context::ServerContext;
 
 /// The admin socket and the token its requests must carry.
 pub struct Bound {
@@ -167,7 +167,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     for (i, name) in ctx.delivery.upstream_names().enumerate() {
         let up = ctx.delivery.health.is_up(i);
         m.upstream_up
-            .get_or_create(&super::metrics::label("upstream", name))
+            .get_or_create(&crate::telemetry::metrics::label("upstream", name))
             .set(i64::from(up));
     }
     (

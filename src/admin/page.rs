@@ -4,7 +4,8 @@
 
 use std::fmt::Write;
 
-use super::messages::{Filter, Message, STATES};
+use super::messages::Filter;
+use crate::telemetry::recent::{Message, STATES};
 
 /// Rows shown on the list page; the API returns them all.
 const MAX_ROWS: usize = 500;

@@ -59,12 +59,27 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// The reply to record for recipients deferred by this error (RFC 3463
-    /// codes: 4.4.1 no answer, 4.4.2 bad connection, 4.7.5 cryptographic failure).
+    /// The reply to record for recipients deferred by this error, with the
+    /// error (and so the stage) as its text. RFC 3463 codes: 4.4.1 no answer,
+    /// 4.4.2 bad connection, 4.7.5 cryptographic failure. An upstream's own
+    /// refusal keeps its code when temporary; a permanent one (a 535 to AUTH,
+    /// a 554 greeting) says what is wrong with this relay's link to that
+    /// upstream, not with the message, so it is recorded as temporary (451,
+    /// class 4, the upstream's subject and detail) and tried again.
     pub fn reply(&self) -> UpstreamReply {
         let text = self.to_string();
         match self {
-            UpstreamError::Rejected { reply, .. } => reply.clone(),
+            UpstreamError::Rejected { reply, .. } if reply.is_transient() => UpstreamReply {
+                text,
+                ..reply.clone()
+            },
+            UpstreamError::Rejected { reply, .. } => {
+                let status = match reply.status.as_deref().and_then(|s| s.split_once('.')) {
+                    Some((_, rest)) => format!("4.{rest}"),
+                    None => "4.0.0".to_owned(),
+                };
+                UpstreamReply::synthetic(451, &status, &text)
+            }
             UpstreamError::Connect(_) | UpstreamError::Timeout(_) => {
                 UpstreamReply::synthetic(451, "4.4.1", &text)
             }

@@ -25,10 +25,10 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info};
 
 use crate::config::{ListenerConfig, ListenerTls};
+use crate::context::ServerContext;
 use crate::dot::DotReader;
 use crate::error::SmtpError;
 use crate::reply::Reply;
-use crate::server::ServerContext;
 use crate::spool::{MailParams, Recipient, TlsInfo};
 
 pub use command::MAX_COMMAND_LINE;

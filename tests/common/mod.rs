@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rustls::pki_types::{CertificateDer, ServerName};
+use smarthost::ServerContext;
 use smarthost::config::Config;
-use smarthost::server::ServerContext;
 use smarthost::session::Session;
 use smarthost::spool::{Envelope, Spool};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -170,7 +170,7 @@ impl Harness {
     }
 
     pub fn context(&self) -> Arc<ServerContext> {
-        ServerContext::new(self.config()).unwrap()
+        ServerContext::new(self.config()).unwrap().0
     }
 
     /// Starts the relay on loopback sockets.
@@ -181,9 +181,9 @@ impl Harness {
             .iter()
             .map(|(l, _)| l.local_addr().unwrap())
             .collect();
-        let ctx = ServerContext::new(config).unwrap();
+        let (ctx, arrivals) = ServerContext::new(config).unwrap();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(smarthost::serve(listeners, ctx, shutdown.clone()));
+        let task = tokio::spawn(smarthost::serve(listeners, ctx, arrivals, shutdown.clone()));
         Running {
             addrs,
             shutdown,
