@@ -227,6 +227,9 @@ pub struct AdminConfig {
     pub recent_messages: usize,
 }
 
+/// `[admin] recent_messages` when not set.
+pub const DEFAULT_RECENT_MESSAGES: usize = 10_000;
+
 /// A config error: where it is, what is wrong, how to fix it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
@@ -852,7 +855,7 @@ impl Config {
                     let line = v.line(c.span().start);
                     let path = resolve(c.into_inner());
                     // The same loading serve does, so check-config passing means serve starts.
-                    if let Err(e) = crate::outbound::tls::client_config(Some(&path)) {
+                    if let Err(e) = crate::pem::ca_certificates(&path) {
                         return Err(v.error(
                             line,
                             "upstream.ca_file",
@@ -959,9 +962,7 @@ impl Config {
                 Some(AdminConfig {
                     address: a.address,
                     token_file,
-                    recent_messages: a
-                        .recent_messages
-                        .unwrap_or(crate::telemetry::DEFAULT_RECENT_MESSAGES),
+                    recent_messages: a.recent_messages.unwrap_or(DEFAULT_RECENT_MESSAGES),
                 })
             }
         };

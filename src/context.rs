@@ -10,8 +10,8 @@ use tracing::warn;
 
 use crate::auth::{AuthThrottle, Users};
 use crate::config::Config;
+use crate::queue::arrivals::{Arrivals, QueueHandle};
 use crate::queue::delivery::Delivery;
-use crate::queue::manager::{Arrivals, QueueHandle};
 use crate::spool::Spool;
 use crate::telemetry::Telemetry;
 use crate::tls::{self, TlsSetupError};

@@ -19,6 +19,7 @@ pub mod health;
 pub mod listener;
 pub mod logging;
 pub mod outbound;
+pub mod pem;
 pub mod policy;
 pub mod proxy;
 pub mod queue;

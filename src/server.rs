@@ -14,7 +14,8 @@ use crate::config::{Config, ListenerConfig};
 use crate::connections::PerAddress;
 use crate::context::{ServerContext, StartError};
 use crate::listener;
-use crate::queue::manager::{self, Arrivals};
+use crate::queue::arrivals::Arrivals;
+use crate::queue::manager;
 
 /// Binds every configured listener.
 pub async fn bind(config: &Config) -> Result<Vec<(TcpListener, ListenerConfig)>, StartError> {

@@ -12,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
+use crate::queue::arrivals::Arrivals;
 use crate::queue::delivery::{Delivery, next_due};
 use crate::queue::{DELETED_IDS, FLUSH_REQUEST};
 use crate::spool::{self, Spool};
@@ -21,27 +22,6 @@ use crate::tracking;
 const MAX_IN_FLIGHT: usize = 64;
 /// How often the manager looks for a `queue flush` request.
 const FLUSH_POLL: Duration = Duration::from_secs(1);
-
-/// Tells the manager about new messages.
-#[derive(Clone)]
-pub struct QueueHandle {
-    tx: mpsc::UnboundedSender<String>,
-}
-
-/// The manager's end of a `QueueHandle`: ids of newly spooled messages.
-pub struct Arrivals(mpsc::UnboundedReceiver<String>);
-
-impl QueueHandle {
-    pub fn channel() -> (QueueHandle, Arrivals) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        (QueueHandle { tx }, Arrivals(rx))
-    }
-
-    /// A message was just spooled: deliver it now.
-    pub fn submit(&self, id: String) {
-        let _ = self.tx.send(id);
-    }
-}
 
 /// Runs until `shutdown`: recovers the spool, then delivers. Each delivery
 /// uses the settings `delivery` holds when it starts (reloads replace them).

@@ -3,6 +3,7 @@
 //! what its replies mean per recipient, `pool` holds routes and upstream
 //! health, `dsn` writes notices, `listing` shows the queue.
 
+pub mod arrivals;
 pub mod delivery;
 pub mod dsn;
 pub mod listing;

@@ -14,9 +14,6 @@ use crate::spool::{Envelope, RecipientStatus};
 use metrics::{Metrics, label};
 use recent::{Event, Message, RecipientState, Ring};
 
-/// Recent messages kept in memory for the API when `[admin] recent_messages` is not set.
-pub const DEFAULT_RECENT_MESSAGES: usize = 10_000;
-
 /// Counters and the recent-message ring; one per process (kept by reloads).
 pub struct Telemetry {
     pub metrics: Metrics,
