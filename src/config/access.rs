@@ -124,7 +124,7 @@ pub(super) fn validate(
     }
     if listeners.iter().any(|l| l.proxy_protocol) && trusted_proxies.is_empty() {
         return Err(src.error_at_key(
-            "proxy_protocol",
+            "listener.proxy_protocol",
             "a listener expects PROXY headers but [access] trusted_proxies is empty, so every connection would be closed",
             "list your load balancers' addresses in [access] trusted_proxies",
         ));

@@ -115,7 +115,7 @@ pub(super) fn validate(src: &Source, raw: RawLimits) -> Result<Limits, ConfigErr
     ] {
         if d.is_zero() {
             return Err(src.error_at_key(
-                key,
+                &format!("limits.{key}"),
                 format!("limits.{key} is zero"),
                 "use a positive duration, e.g. \"5m\"",
             ));

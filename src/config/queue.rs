@@ -48,7 +48,7 @@ pub(super) fn validate(src: &Source, raw: Option<RawQueue>) -> Result<QueueConfi
     };
     if queue.retry_min > queue.retry_max {
         return Err(src.error_at_key(
-            "retry_min",
+            "queue.retry_min",
             "queue.retry_min is longer than queue.retry_max",
             "make retry_min shorter than retry_max",
         ));

@@ -53,22 +53,27 @@ impl Source<'_> {
         (self.line(start), path)
     }
 
-    /// The offset of the first line that sets the bare key `key` to a value
+    /// The line and dotted key of the first assignment of `key` to a value
     /// containing `value` (`""` matches any): how errors found after parsing,
-    /// which carry no span, are put back on a line.
-    fn assignment(&self, key: &str, value: &str) -> Option<usize> {
-        self.text
-            .lines()
-            .scan(0, |pos, l| {
-                let start = *pos;
-                *pos += l.len() + 1;
-                Some((start, l))
-            })
-            .find(|(_, l)| {
-                l.split_once('=')
-                    .is_some_and(|(k, v)| k.trim() == key && v.contains(value))
-            })
-            .map(|(start, _)| start)
+    /// which carry no span, are put back on a line. A dotted `key`
+    /// (`limits.command_timeout`) must be in its table; a bare one may be in any.
+    fn assignment(&self, key: &str, value: &str) -> Option<(usize, String)> {
+        let name = key.rsplit('.').next().unwrap_or(key);
+        let mut start = 0;
+        for l in self.text.split_inclusive('\n') {
+            let offset = start;
+            start += l.len();
+            let sets = l
+                .split_once('=')
+                .is_some_and(|(k, v)| k.trim() == name && v.contains(value));
+            if sets {
+                let (line, path) = self.locate(offset..offset);
+                if !key.contains('.') || path == key {
+                    return Some((line, path));
+                }
+            }
+        }
+        None
     }
 
     pub(super) fn error(
@@ -95,16 +100,15 @@ impl Source<'_> {
         )
     }
 
-    /// An error about `key` (a bare key name), located at its first assignment.
+    /// An error about `key`, located at its first assignment; without one,
+    /// not tied to a line.
     pub(super) fn error_at_key(
         &self,
         key: &str,
         problem: impl Into<String>,
         fix: &str,
     ) -> ConfigError {
-        let offset = self.assignment(key, "").unwrap_or(0);
-        let (line, path) = self.locate(offset..offset);
-        self.error(if offset == 0 { 0 } else { line }, &path, problem, fix)
+        self.error_at_value(key, "", problem, fix)
     }
 
     /// An error about `key`, located at the line that sets it to a value
@@ -117,11 +121,46 @@ impl Source<'_> {
         fix: impl Into<String>,
     ) -> ConfigError {
         match self.assignment(key, value) {
-            Some(o) => {
-                let (line, path) = self.locate(o..o);
-                self.error(line, &path, problem, fix)
-            }
+            Some((line, path)) => self.error(line, &path, problem, fix),
             None => self.error(0, key, problem, fix),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(text: &str) -> Source<'_> {
+        Source {
+            text,
+            file: Path::new("smarthost.toml"),
+        }
+    }
+
+    #[test]
+    fn keys_are_found_in_their_table_on_crlf_lines_too() {
+        let text = "hostname = \"a\"\r\n[queue]\r\ncommand_timeout = \"1s\"\r\n\
+                    [limits]\r\ncommand_timeout = \"0s\"\r\n";
+        let e = source(text).error_at_key("limits.command_timeout", "p", "f");
+        assert_eq!((e.line, e.key.as_str()), (5, "limits.command_timeout"));
+        let e = source(text).error_at_key("hostname", "p", "f");
+        assert_eq!((e.line, e.key.as_str()), (1, "hostname"));
+        let e = source(text).error_at_value("command_timeout", "0s", "p", "f");
+        assert_eq!((e.line, e.key.as_str()), (5, "limits.command_timeout"));
+    }
+
+    #[test]
+    fn a_key_not_in_the_file_is_named_without_a_line() {
+        let e = source("hostname = \"a\"\n[queue]\npath = \"s\"\n").error_at_key(
+            "queue.retry_min",
+            "p",
+            "f",
+        );
+        assert_eq!((e.line, e.key.as_str()), (0, "queue.retry_min"));
+        assert_eq!(
+            e.to_string(),
+            "smarthost.toml: `queue.retry_min`: p\n  fix: f"
+        );
     }
 }
