@@ -17,7 +17,7 @@ use crate::reply::Reply;
 use crate::session::{BoxIo, command};
 
 /// Largest message accepted; advertised in `SIZE` (RFC 1870).
-pub const MAX_MESSAGE: usize = 200 * 1024 * 1024;
+pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
 /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 const MAX_RECIPIENTS: usize = 10_000;
 /// Every read, write and TLS handshake must progress within this (RFC 5321 §4.5.3.2).
@@ -61,7 +61,7 @@ struct Txn {
     rcpt_params: Vec<String>,
     body: Vec<u8>,
     chunking: bool,
-    /// Over `MAX_MESSAGE`: the body is read to its end, dropped, and refused.
+    /// Over `MAX_MESSAGE_SIZE`: the body is read to its end, dropped, and refused.
     oversize: bool,
 }
 
@@ -261,7 +261,7 @@ impl Conn {
     /// Adds content to the transaction, dropping it once over the limit.
     fn append(&mut self, bytes: &[u8]) {
         if let Some(t) = self.txn.as_mut().filter(|t| !t.oversize) {
-            if t.body.len() + bytes.len() > MAX_MESSAGE {
+            if t.body.len() + bytes.len() > MAX_MESSAGE_SIZE {
                 t.oversize = true;
                 t.body = Vec::new();
             } else {
@@ -295,7 +295,7 @@ impl Conn {
                 let mut lines = vec![
                     format!("{} Hello {host}", self.shared.name).into(),
                     "PIPELINING".into(),
-                    format!("SIZE {MAX_MESSAGE}").into(),
+                    format!("SIZE {MAX_MESSAGE_SIZE}").into(),
                     "8BITMIME".into(),
                     "SMTPUTF8".into(),
                     "ENHANCEDSTATUSCODES".into(),
@@ -317,7 +317,7 @@ impl Conn {
             Request::Mail { from } => {
                 if self.txn.is_some() {
                     bad_sequence("nested MAIL command")
-                } else if from.size > MAX_MESSAGE {
+                } else if from.size > MAX_MESSAGE_SIZE {
                     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
                 } else {
                     let (mail_from, mail_params) = raw_path(line);

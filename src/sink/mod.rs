@@ -5,7 +5,7 @@
 //! The protocol side (`conn`) is a small SMTP server of its own: one buffer
 //! walked across states, so pipelined commands and content in one packet
 //! (RFC 2920) work. Messages are held in memory until complete (bounded by
-//! `MAX_MESSAGE`): this is a test tool, not a spool.
+//! `MAX_MESSAGE_SIZE`): this is a test tool, not a spool.
 //!
 //! Not the relay's `session`: a test and benchmark peer with no policy, spool
 //! or config, so it keeps its own small loop (sharing the relay's command
@@ -27,7 +27,7 @@ use tracing::warn;
 
 use conn::{Conn, Shared};
 
-pub use conn::MAX_MESSAGE;
+pub use conn::MAX_MESSAGE_SIZE;
 
 /// Serves SMTP on `listener` until `shutdown`, writing messages to `dir`
 /// (created if missing). On shutdown the listener is dropped at once (its port
