@@ -17,7 +17,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// RFC 5321 §4.5.3.1.3: a path is at most 256 octets, brackets included.
-pub const MAX_PATH: usize = 256;
+pub const MAX_SMTP_PATH: usize = 256;
 /// RFC 5321 §4.5.3.1.2 / RFC 1035 §2.3.4.
 const MAX_DOMAIN: usize = 255;
 const MAX_LABEL: usize = 63;
@@ -65,7 +65,7 @@ impl Path {
     /// Parses the text between `<` and `>`. A source route (`@a,@b:`) is
     /// accepted and dropped (RFC 5321 §4.1.1.3, Appendix C).
     pub fn parse(inner: &str) -> Result<Path, AddressError> {
-        if inner.len() + 2 > MAX_PATH {
+        if inner.len() + 2 > MAX_SMTP_PATH {
             return Err(AddressError::TooLong);
         }
         if inner.chars().any(char::is_control) {
@@ -108,7 +108,7 @@ fn split_source_route(inner: &str) -> Result<(&str, &str), AddressError> {
 impl Mailbox {
     /// Parses `Local-part "@" ( Domain / address-literal )`.
     pub fn parse(text: &str) -> Result<Mailbox, AddressError> {
-        if text.len() + 2 > MAX_PATH {
+        if text.len() + 2 > MAX_SMTP_PATH {
             return Err(AddressError::TooLong);
         }
         if text.chars().any(char::is_control) {
@@ -157,7 +157,7 @@ impl Mailbox {
             local: local.to_owned(),
             domain: domain.to_owned(),
         };
-        if mailbox.to_string().len() + 2 > MAX_PATH {
+        if mailbox.to_string().len() + 2 > MAX_SMTP_PATH {
             return Err(AddressError::TooLong);
         }
         Ok(mailbox)

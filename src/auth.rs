@@ -22,7 +22,6 @@ pub struct Users {
 
 impl Users {
     pub fn new(users: &[UserConfig]) -> Users {
-        return_large_blocks_to_the_os();
         let salt = SaltString::generate(&mut argon2::password_hash::rand_core::OsRng);
         let secret: [u8; 16] = rand::random();
         let dummy_hash = argon2::Argon2::default()
@@ -63,29 +62,12 @@ impl Users {
     }
 }
 
-/// glibc raises its mmap threshold to the size of the largest mapped block
-/// freed, so after the first check argon2's 19 MiB block comes from the
-/// thread's heap arena, which keeps it. Measured (tests/abuse.rs): 40
-/// parallel checks left the relay at over 700 MiB; even at most 2 at once,
-/// each new blocking thread kept its 19 MiB (163 MiB after 8 checks). A
-/// fixed threshold (which also stops the dynamic one) keeps every allocation
-/// of 1 MiB or more in a mapping of its own, unmapped when freed: 11 MiB
-/// after the same 8 checks, from 10 MiB idle.
-fn return_large_blocks_to_the_os() {
-    #[cfg(target_env = "gnu")]
-    {
-        static ONCE: std::sync::Once = std::sync::Once::new();
-        // SAFETY: mallopt only sets an allocator parameter.
-        ONCE.call_once(|| unsafe {
-            libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        });
-    }
-}
-
 /// Runs one argon2 computation on a blocking thread, at most one per core
 /// at a time: each holds `m` KiB (19 MiB by default) while it runs, so
 /// clients from many addresses cannot make memory grow with their number.
-/// Waiting callers are served in order (tokio's semaphore is fair).
+/// Waiting callers are served in order (tokio's semaphore is fair). The
+/// binary makes glibc return each block to the OS when freed (main.rs,
+/// `return_large_blocks_to_the_os`): the library has no unsafe code.
 async fn run_argon2(work: impl FnOnce() -> bool + Send + 'static) -> bool {
     static PERMITS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     let permits = PERMITS.get_or_init(|| {

@@ -14,7 +14,7 @@ use crate::config::{Config, ListenerTls};
 /// Time for one probe beyond any configured `banner_delay`.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A banner line or an HTTP status line longer than this is not one.
-const MAX_LINE: usize = 1024;
+const MAX_PROBE_REPLY_LINE: usize = 1024;
 
 /// What is probed, chosen from the config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -130,11 +130,11 @@ fn connect(address: SocketAddr, timeout: Duration) -> Result<TcpStream, HealthEr
     Ok(stream)
 }
 
-/// One line up to CRLF, without it; bounded by `MAX_LINE`.
+/// One line up to CRLF, without it; bounded by `MAX_PROBE_REPLY_LINE`.
 fn read_line(stream: &mut impl Read) -> std::io::Result<String> {
     let mut line = Vec::new();
     let mut byte = [0u8; 1];
-    while line.len() < MAX_LINE {
+    while line.len() < MAX_PROBE_REPLY_LINE {
         if stream.read(&mut byte)? == 0 {
             break;
         }

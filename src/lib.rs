@@ -4,6 +4,11 @@
 //! speaks SMTP (with `tls`, `policy` for who may relay, `body` for content
 //! rules), `spool` makes it durable. `config` is parsed once at start;
 //! `error` maps every refusal to its reply.
+//!
+//! No unsafe code here: the two calls that need it act on the whole process
+//! (glibc's allocator, the terminal's echo) and are made by the binary.
+
+#![forbid(unsafe_code)]
 
 pub mod address;
 pub mod admin;

@@ -12,9 +12,11 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// A header must arrive this quickly after the connection opens.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-/// v1 headers are at most 107 bytes; v2 headers are capped here (TLVs included).
-const V1_MAX: usize = 107;
-const V2_MAX: usize = 4096;
+/// A v1 header is at most 107 bytes (the PROXY protocol spec, §2.1).
+const MAX_PROXY_V1_HEADER: usize = 107;
+/// A v2 header, TLVs included, is capped here, well under the 64 KiB its
+/// length field allows.
+const MAX_PROXY_V2_HEADER: usize = 4096;
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
 
 #[derive(Debug, thiserror::Error)]
@@ -59,7 +61,7 @@ async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Pr
         buf.resize(16, 0);
         stream.read_exact(&mut buf[12..]).await?;
         let len = u16::from_be_bytes([buf[14], buf[15]]) as usize;
-        if 16 + len > V2_MAX {
+        if 16 + len > MAX_PROXY_V2_HEADER {
             return Err(ProxyError::TooLong);
         }
         buf.resize(16 + len, 0);
@@ -72,7 +74,7 @@ async fn read_header<S: AsyncRead + Unpin>(stream: &mut S) -> Result<Vec<u8>, Pr
     // v1 is a text line of unknown length: read to its LF, a byte at a time,
     // so nothing after it is consumed.
     while !buf.ends_with(b"\r\n") {
-        if buf.len() >= V1_MAX {
+        if buf.len() >= MAX_PROXY_V1_HEADER {
             return Err(ProxyError::TooLong);
         }
         let mut byte = [0u8; 1];

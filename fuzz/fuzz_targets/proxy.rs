@@ -15,8 +15,8 @@ use libfuzzer_sys::fuzz_target;
 use smarthost::proxy::{ProxyError, read_client_address};
 
 const V2_SIGNATURE: &[u8; 12] = b"\r\n\r\n\0\r\nQUIT\n";
-const V1_MAX: usize = 107;
-const V2_MAX: usize = 4096;
+const MAX_PROXY_V1_HEADER: usize = 107;
+const MAX_PROXY_V2_HEADER: usize = 4096;
 
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
@@ -60,11 +60,11 @@ fuzz_target!(|data: &[u8]| {
         Err(ProxyError::TooLong) => {
             if v2 {
                 let len = u16::from_be_bytes([input[14], input[15]]) as usize;
-                assert!(16 + len > V2_MAX, "v2 of {len} called too long");
+                assert!(16 + len > MAX_PROXY_V2_HEADER, "v2 of {len} called too long");
                 assert_eq!(consumed, 16, "read past a too-long v2 header's length");
             } else {
                 assert!(v1);
-                assert_eq!(consumed, V1_MAX, "v1 too long after {consumed} bytes");
+                assert_eq!(consumed, MAX_PROXY_V1_HEADER, "v1 too long after {consumed} bytes");
                 assert!(!input[..consumed].ends_with(b"\r\n"));
             }
         }
@@ -89,7 +89,7 @@ fuzz_target!(|data: &[u8]| {
 /// TCP4 / TCP6 addresses (the source is returned) or UNKNOWN (the peer is).
 fn check_v1(input: &[u8], consumed: usize, addr: SocketAddr, peer: SocketAddr) {
     let header = &input[..consumed];
-    assert!(consumed <= V1_MAX, "v1 header of {consumed} bytes");
+    assert!(consumed <= MAX_PROXY_V1_HEADER, "v1 header of {consumed} bytes");
     assert!(header.ends_with(b"\r\n"), "v1 header without CRLF");
     let line = &header[..consumed - 2];
     assert!(
@@ -134,7 +134,7 @@ fn check_v1(input: &[u8], consumed: usize, addr: SocketAddr, peer: SocketAddr) {
 fn check_v2(input: &[u8], consumed: usize, addr: SocketAddr, peer: SocketAddr) {
     let len = u16::from_be_bytes([input[14], input[15]]) as usize;
     assert_eq!(consumed, 16 + len, "v2 header length");
-    assert!(consumed <= V2_MAX);
+    assert!(consumed <= MAX_PROXY_V2_HEADER);
     assert_eq!(input[12] >> 4, 2, "v2 version {:#x} accepted", input[12]);
     let command = input[12] & 0xf;
     assert!(command <= 1, "v2 command {command} accepted");

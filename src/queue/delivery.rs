@@ -28,7 +28,7 @@ const PER_UPSTREAM: usize = 10;
 const MAX_MESSAGES_PER_CONNECTION: usize = 100;
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Idle connections kept per upstream for reuse.
-const MAX_IDLE: usize = 4;
+const MAX_IDLE_PER_UPSTREAM: usize = 4;
 
 /// What delivery needs from one configuration; rebuilt on reload.
 pub struct Delivery {
@@ -450,7 +450,7 @@ impl Delivery {
         let reusable = conn.messages_sent() < MAX_MESSAGES_PER_CONNECTION
             && conn.opened_at().elapsed() < MAX_CONNECTION_AGE;
         let mut idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner());
-        if reusable && idle.len() < MAX_IDLE {
+        if reusable && idle.len() < MAX_IDLE_PER_UPSTREAM {
             idle.push(conn);
         } else {
             drop(idle);

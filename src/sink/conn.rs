@@ -1,105 +1,34 @@
-//! `smarthost sink`: a minimal upstream for trying a setup out. It accepts
-//! every message and writes each, exactly as received (after dot-unstuffing),
-//! to its own file, with a JSON sidecar holding the envelope.
-//!
-//! Files in `dir`, per message: `<unix-millis>-<counter>.json` (the envelope)
-//! then `<unix-millis>-<counter>.eml` (the bytes). Each is written under a
-//! hidden temporary name, fsynced and renamed, the sidecar first: whoever sees
-//! an `.eml` finds its `.json` beside it. The counter is zero-padded so names
-//! sort in arrival order.
-//!
-//! The protocol side is a small version of `session`: one buffer walked across
-//! states, so pipelined commands and content in one packet (RFC 2920) work.
-//! Messages are held in memory until complete (bounded by `MAX_MESSAGE`): this
-//! is a test tool, not a spool.
+//! One sink connection: the SMTP dialogue, from the banner to QUIT, with
+//! STARTTLS, DATA and BDAT. Replies are batched and flushed when input runs dry.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use serde::Serialize;
 use smtp_proto::Request;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+use super::store::{Sidecar, write_message};
 use crate::dot::DotReader;
 use crate::reply::Reply;
-use crate::session::command;
+use crate::session::{BoxIo, command};
 
 /// Largest message accepted; advertised in `SIZE` (RFC 1870).
-pub const MAX_MESSAGE: usize = 200 * 1024 * 1024;
+pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
 /// Recipients per transaction (RFC 5321 §4.5.3.1.8 asks for at least 100).
 const MAX_RECIPIENTS: usize = 10_000;
 /// Every read, write and TLS handshake must progress within this (RFC 5321 §4.5.3.2).
 const TIMEOUT: Duration = Duration::from_secs(300);
 const READ_CHUNK: usize = 64 * 1024;
 
-trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
-
 /// What every connection of one sink shares.
-struct Shared {
-    dir: PathBuf,
-    tls: Option<tokio_rustls::TlsAcceptor>,
-    name: String,
-}
-
-/// Serves SMTP on `listener` until `shutdown`, writing messages to `dir`
-/// (created if missing). On shutdown the listener is dropped at once (its port
-/// is free again) and open connections get `421 4.3.2` at their next read.
-pub async fn run(
-    listener: TcpListener,
-    dir: PathBuf,
-    tls: Option<Arc<rustls::ServerConfig>>,
-    name: String,
-    shutdown: CancellationToken,
-) -> std::io::Result<()> {
-    std::fs::create_dir_all(&dir)?;
-    let shared = Arc::new(Shared {
-        dir,
-        tls: tls.map(tokio_rustls::TlsAcceptor::from),
-        name,
-    });
-    let tracker = TaskTracker::new();
-    loop {
-        let accepted = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            r = listener.accept() => r,
-        };
-        match accepted {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                let conn = Conn::new(shared.clone(), peer, Box::new(stream), shutdown.clone());
-                tracker.spawn(conn.serve());
-            }
-            Err(e) => {
-                // EMFILE and friends: wait for connections to end, never die.
-                warn!("sink: accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
-        }
-    }
-    drop(listener);
-    tracker.close();
-    tracker.wait().await;
-    Ok(())
-}
-
-/// A server TLS configuration from a PEM certificate chain and key, with the
-/// relay's own choices (`crate::tls`).
-pub fn tls_from_files(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>, String> {
-    let config = crate::config::TlsConfig {
-        certificates: vec![crate::config::CertificatePaths {
-            certificate: cert.to_path_buf(),
-            private_key: key.to_path_buf(),
-        }],
-    };
-    crate::tls::server_config(Some(&config), "localhost").map_err(|e| e.to_string())
+pub(super) struct Shared {
+    pub(super) dir: PathBuf,
+    pub(super) tls: Option<tokio_rustls::TlsAcceptor>,
+    pub(super) name: String,
 }
 
 enum State {
@@ -132,27 +61,14 @@ struct Txn {
     rcpt_params: Vec<String>,
     body: Vec<u8>,
     chunking: bool,
-    /// Over `MAX_MESSAGE`: the body is read to its end, dropped, and refused.
+    /// Over `MAX_MESSAGE_SIZE`: the body is read to its end, dropped, and refused.
     oversize: bool,
 }
 
-/// The `.json` sidecar.
-#[derive(Serialize)]
-struct Sidecar<'a> {
-    mail_from: &'a str,
-    mail_params: &'a str,
-    rcpt_to: &'a [String],
-    rcpt_params: &'a [String],
-    tls: bool,
-    chunking: bool,
-    received_at: u64,
-    client: String,
-}
-
-struct Conn {
+pub(super) struct Conn {
     shared: Arc<Shared>,
     peer: SocketAddr,
-    stream: Box<dyn Io>,
+    stream: BoxIo,
     rbuf: Vec<u8>,
     wbuf: Vec<u8>,
     state: State,
@@ -162,10 +78,10 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(
+    pub(super) fn new(
         shared: Arc<Shared>,
         peer: SocketAddr,
-        stream: Box<dyn Io>,
+        stream: BoxIo,
         shutdown: CancellationToken,
     ) -> Conn {
         Conn {
@@ -181,7 +97,7 @@ impl Conn {
         }
     }
 
-    async fn serve(mut self) {
+    pub(super) async fn serve(mut self) {
         let banner = format!("{} smarthost sink", self.shared.name);
         self.reply(Reply::plain(220, vec![banner.into()]));
         loop {
@@ -345,7 +261,7 @@ impl Conn {
     /// Adds content to the transaction, dropping it once over the limit.
     fn append(&mut self, bytes: &[u8]) {
         if let Some(t) = self.txn.as_mut().filter(|t| !t.oversize) {
-            if t.body.len() + bytes.len() > MAX_MESSAGE {
+            if t.body.len() + bytes.len() > MAX_MESSAGE_SIZE {
                 t.oversize = true;
                 t.body = Vec::new();
             } else {
@@ -379,7 +295,7 @@ impl Conn {
                 let mut lines = vec![
                     format!("{} Hello {host}", self.shared.name).into(),
                     "PIPELINING".into(),
-                    format!("SIZE {MAX_MESSAGE}").into(),
+                    format!("SIZE {MAX_MESSAGE_SIZE}").into(),
                     "8BITMIME".into(),
                     "SMTPUTF8".into(),
                     "ENHANCEDSTATUSCODES".into(),
@@ -401,7 +317,7 @@ impl Conn {
             Request::Mail { from } => {
                 if self.txn.is_some() {
                     bad_sequence("nested MAIL command")
-                } else if from.size > MAX_MESSAGE {
+                } else if from.size > MAX_MESSAGE_SIZE {
                     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
                 } else {
                     let (mail_from, mail_params) = raw_path(line);
@@ -567,33 +483,6 @@ fn raw_path(line: &[u8]) -> (String, String) {
         None => args.split_once(' ').unwrap_or((args, "")),
     };
     (path.to_owned(), params.trim().to_owned())
-}
-
-/// Writes one message and its sidecar atomically; returns the `.eml` name.
-fn write_message(dir: &Path, body: &[u8], json: &[u8]) -> std::io::Result<String> {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let millis = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis();
-    let stem = format!("{millis}-{:06}", COUNTER.fetch_add(1, Ordering::Relaxed));
-    // Sidecar first: an `.eml` never appears without its `.json`.
-    for (ext, bytes) in [("json", json), ("eml", body)] {
-        let tmp = dir.join(format!(".{stem}.{ext}.tmp"));
-        let result = (|| {
-            let mut f = std::fs::File::create_new(&tmp)?;
-            std::io::Write::write_all(&mut f, bytes)?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, dir.join(format!("{stem}.{ext}")))
-        })();
-        if let Err(e) = result {
-            let _ = std::fs::remove_file(&tmp);
-            let _ = std::fs::remove_file(dir.join(format!("{stem}.json")));
-            return Err(e);
-        }
-    }
-    std::fs::File::open(dir)?.sync_all()?;
-    Ok(format!("{stem}.eml"))
 }
 
 #[cfg(test)]
