@@ -13,8 +13,7 @@
 //! ```
 //!
 //! A message is queued if and only if both `msg/<id>.eml` and `msg/<id>.json`
-//! exist. Storing one: write both to `tmp/`, fsync each (at the same time, on
-//! two threads), rename both into `msg/`
+//! exist. Storing one: write both to `tmp/`, fsync each, rename both into `msg/`
 //! (body first), fsync `msg/`, and only then answer `250`. A crash before that
 //! directory fsync may leave one of the pair or neither; no 250 was sent for it,
 //! so `Spool::open` removes a lone file as debris. Delivery updates an envelope
@@ -550,40 +549,13 @@ impl Incoming {
             });
         }
         let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
+        let inner = self.inner.clone();
+        let id = self.id.clone();
         let header = std::mem::take(&mut self.header);
         let file = self.file.take();
-        let (inner, id) = (self.inner.clone(), self.id.clone());
-        let task = |e: tokio::task::JoinError| SpoolError::Task(e.to_string());
-        // Both files are made durable at once, on two threads: the fsyncs
-        // overlap (on ext4 one journal commit can serve both), which takes
-        // about a third off the wait for the 250 against one after the other
-        // (benches/profile.md). Dropped or failed, each `TmpFile` removes itself.
-        let content = {
-            let (inner, id) = (inner.clone(), id.clone());
-            tokio::task::spawn_blocking(move || -> io::Result<TmpFile> {
-                let file = match file {
-                    Some(f) => f,
-                    None => TmpFile::create(inner.tmp_path(&id, "eml"))?,
-                };
-                write_all(&file.file, &[&header, &tail])?;
-                file.file.sync_all()?;
-                Ok(file)
-            })
-        };
-        let meta = {
-            let path = inner.tmp_path(&id, "json");
-            tokio::task::spawn_blocking(move || -> io::Result<TmpFile> {
-                let mut file = TmpFile::create(path)?;
-                file.file.write_all(&json)?;
-                file.file.sync_all()?;
-                Ok(file)
-            })
-        };
-        let (content, meta) = tokio::join!(content, meta);
-        let (content, meta) = (content.map_err(task)??, meta.map_err(task)??);
-        tokio::task::spawn_blocking(move || inner.publish(&id, content, meta))
+        tokio::task::spawn_blocking(move || inner.commit_blocking(&id, file, &header, &tail, &json))
             .await
-            .map_err(task)?
+            .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 }
 
@@ -637,22 +609,42 @@ impl SpoolInner {
         self.tmp_dir.join(format!("{id}.{ext}"))
     }
 
-    /// The end of a store, once both files are durable in `tmp/`: both
-    /// renamed into `msg/` (content first) and the directory fsynced.
-    fn publish(&self, id: &str, mut content: TmpFile, mut meta: TmpFile) -> Result<(), SpoolError> {
-        let eml = self.msg_dir.join(format!("{id}.eml"));
-        let json = self.msg_dir.join(format!("{id}.json"));
+    /// The end of a store: the last bytes of the message, its fsync, the
+    /// envelope, both renames and the directory fsync.
+    fn commit_blocking(
+        &self,
+        id: &str,
+        file: Option<TmpFile>,
+        header: &[u8],
+        tail: &[u8],
+        json: &[u8],
+    ) -> Result<(), SpoolError> {
+        let tmp_eml = self.tmp_path(id, "eml");
+        let tmp_json = self.tmp_path(id, "json");
         let result = (|| {
-            fs::rename(&content.path, &eml)?;
-            content.keep = true;
-            fs::rename(&meta.path, &json)?;
-            meta.keep = true;
+            let mut file = match file {
+                Some(f) => f,
+                None => TmpFile::create(tmp_eml.clone())?,
+            };
+            write_all(&file.file, &[header, tail])?;
+            file.file.sync_all()?;
+            write_synced(&tmp_json, json)?;
+            fs::rename(&tmp_eml, self.msg_dir.join(format!("{id}.eml")))?;
+            file.keep = true;
+            drop(file);
+            fs::rename(&tmp_json, self.msg_dir.join(format!("{id}.json")))?;
             self.dir_sync.sync_after_rename()
         })();
         if let Err(e) = result {
             // Leave nothing that looks accepted: no 250 will be sent.
-            let _ = fs::remove_file(json);
-            let _ = fs::remove_file(eml);
+            for p in [
+                tmp_eml,
+                tmp_json,
+                self.msg_dir.join(format!("{id}.json")),
+                self.msg_dir.join(format!("{id}.eml")),
+            ] {
+                let _ = fs::remove_file(p);
+            }
             return Err(e.into());
         }
         Ok(())
