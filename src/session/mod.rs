@@ -39,6 +39,23 @@ pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub type BoxIo = Box<dyn Io>;
 
+/// Sends the batched replies in `wbuf` (and empties it), giving up after
+/// `timeout`: a client that does not read cannot hold the session.
+pub async fn write_replies(
+    stream: &mut BoxIo,
+    wbuf: &mut Vec<u8>,
+    timeout: std::time::Duration,
+) -> std::io::Result<()> {
+    let result = tokio::time::timeout(timeout, async {
+        stream.write_all(wbuf).await?;
+        stream.flush().await
+    })
+    .await
+    .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
+    wbuf.clear();
+    result
+}
+
 /// How much is read from the socket at a time.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -332,14 +349,7 @@ impl Session {
             return Ok(());
         }
         let timeout = self.ctx.config.limits.command_timeout;
-        let result = tokio::time::timeout(timeout, async {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await
-        })
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-        self.wbuf.clear();
-        result
+        write_replies(&mut self.stream, &mut self.wbuf, timeout).await
     }
 
     /// Consumes as much buffered input as the current state allows.

@@ -14,7 +14,7 @@ use tracing::{debug, info, warn};
 use super::store::{Sidecar, write_message};
 use crate::dot::DotReader;
 use crate::reply::Reply;
-use crate::session::{BoxIo, command};
+use crate::session::{BoxIo, command, write_replies};
 
 /// Largest message accepted; advertised in `SIZE` (RFC 1870).
 pub const MAX_MESSAGE_SIZE: usize = 200 * 1024 * 1024;
@@ -173,14 +173,7 @@ impl Conn {
         if self.wbuf.is_empty() {
             return Ok(());
         }
-        let result = tokio::time::timeout(TIMEOUT, async {
-            self.stream.write_all(&self.wbuf).await?;
-            self.stream.flush().await
-        })
-        .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()));
-        self.wbuf.clear();
-        result
+        write_replies(&mut self.stream, &mut self.wbuf, TIMEOUT).await
     }
 
     /// Consumes as much buffered input as the current state allows; replies
