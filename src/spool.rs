@@ -371,26 +371,22 @@ impl Spool {
         Ok(ids)
     }
 
-    /// Reads one queued message's envelope alone (delivery state, no content).
+    /// Reads one queued message's envelope (delivery state) without its
+    /// content, checking that the pair is consistent (the content's size).
     pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
         let json = fs::read(self.envelope_path(id))?;
-        parse_envelope(id, &json)
+        let envelope = parse_envelope(id, &json)?;
+        let size = fs::metadata(self.message_path(id))?.len();
+        check_size(&envelope, size)?;
+        Ok(envelope)
     }
 
     /// Reads one queued message back, checking that the pair is consistent.
     pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
-        let envelope = self.read_envelope(id)?;
+        let json = fs::read(self.envelope_path(id))?;
+        let envelope = parse_envelope(id, &json)?;
         let message = fs::read(self.message_path(id))?;
-        if message.len() as u64 != envelope.size {
-            return Err(SpoolError::Corrupt {
-                id: id.into(),
-                reason: format!(
-                    "message is {} bytes, envelope says {}",
-                    message.len(),
-                    envelope.size
-                ),
-            });
-        }
+        check_size(&envelope, message.len() as u64)?;
         Ok((envelope, message))
     }
 }
@@ -427,6 +423,18 @@ impl Spool {
         let id = id.to_owned();
         self.blocking(move |s| Ok(s.remove(&id)?)).await
     }
+}
+
+/// A content file of `size` bytes belongs with `envelope` only if it has the
+/// size the envelope recorded (a torn or foreign file does not).
+fn check_size(envelope: &Envelope, size: u64) -> Result<(), SpoolError> {
+    if size == envelope.size {
+        return Ok(());
+    }
+    Err(SpoolError::Corrupt {
+        id: envelope.id.clone(),
+        reason: format!("message is {size} bytes, envelope says {}", envelope.size),
+    })
 }
 
 /// Parses an envelope file; truncated or foreign input is an error, never a panic.

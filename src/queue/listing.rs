@@ -30,8 +30,8 @@ pub fn entries(spool: &Spool) -> std::io::Result<(Vec<Entry>, Vec<String>)> {
     let mut entries = Vec::new();
     let mut problems = Vec::new();
     for id in spool.list()? {
-        let env = match spool.read(&id) {
-            Ok((env, _)) => env,
+        let env = match spool.read_envelope(&id) {
+            Ok(env) => env,
             Err(e) => {
                 problems.push(format!("{id}: {e}"));
                 continue;
