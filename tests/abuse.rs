@@ -16,13 +16,18 @@
 //! - `SMARTHOST_ABUSE_CLIENTS=2000` holds that many clients open in DATA
 //!   (default 200).
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
+use support::auth::auth_plain;
+use support::binary::{Relay, run_with_stdin};
+use support::client::{Client, Reply, TlsClient, send_data, tls_session};
+use support::harness::Harness;
+use support::message::{message, strip_received};
+use support::pki::TestCa;
+use support::wait::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 

@@ -1,13 +1,16 @@
 //! Who may relay: allow-lists from several source addresses, SMTP AUTH as
 //! Exchange speaks it, sender rules, per-address limits and PROXY headers.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::*;
+use support::auth::{auth_plain, hash};
+use support::client::{Client, send_data, tls_session};
+use support::harness::Harness;
+use support::pki::HOSTNAME;
 use tokio::io::AsyncWriteExt;
 
 const FROM: &str = "sender@tenant.example";

@@ -4,17 +4,17 @@
 //! relay's policy judged: no parameter smuggled in a quoted local part, no
 //! sender-domain bypass, no mail accepted and then lost for its address.
 
-mod common;
-
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use base64::Engine;
-use common::binary::eventually;
-use common::*;
-use fake_upstream::{FakeUpstream, Script};
 use smarthost::address::{Mailbox, Path};
 use smarthost::spool::{self, Envelope, Recipient, RecipientStatus, Spool};
+use support::auth::hash;
+use support::client::{send_data, tls_session};
+use support::fake_upstream::{FakeUpstream, Script, Transaction};
+use support::harness::Harness;
+use support::pki::HOSTNAME;
+use support::wait::eventually;
 
 const PASSWORD: &str = "correct horse battery staple";
 const BODY: &[u8] = b"Subject: address test\r\n\r\nhello\r\n";
@@ -36,7 +36,7 @@ fn harness(fake: &FakeUpstream, access: &str, extra: &str) -> Harness {
     h
 }
 
-async fn eventually_transactions(fake: &FakeUpstream, n: usize) -> Vec<fake_upstream::Transaction> {
+async fn eventually_transactions(fake: &FakeUpstream, n: usize) -> Vec<Transaction> {
     eventually(&format!("{n} transaction(s) at the upstream"), 20, || {
         fake.transactions()
             .iter()

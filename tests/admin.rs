@@ -7,18 +7,23 @@
 //! Needs python3 with prometheus-client and chromium
 //! (scripts/install-test-deps.sh installs both).
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::binary::{Output, Relay, run};
+use support::client::{send_data, tls_session};
+use support::deliveries::received;
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::pki::TestCa;
+use support::sink::Sink;
+use support::wait::{eventually, free_port, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use common::binary::*;
-use common::*;
 
 /// One HTTP response: status, headers (lower-case names), body.
 struct Http {

@@ -1,15 +1,17 @@
 //! The command line of the real binary: `check-config`, `hash-password`, and
 //! `serve`'s start-up failures and signal handling (shared/INTERFACE.md).
 
-mod common;
+mod support;
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use smarthost::spool::Spool;
+use support::binary::{Output, Relay, run, run_with_stdin};
+use support::client::tls_session;
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
 use tokio::net::TcpStream;
 
 fn check_config(path: &Path) -> Output {

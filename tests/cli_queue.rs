@@ -2,15 +2,19 @@
 //! (shared/INTERFACE.md): `queue list` / `flush` / `delete` against a running
 //! relay, `check-upstreams`, `sink`, and `demo`.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use rustls::pki_types::ServerName;
+use support::binary::{BIN, Proc, Relay, run, wait_banner};
+use support::client::{Client, send_data};
+use support::harness::Harness;
+use support::message::strip_received;
+use support::sink::Sink;
+use support::wait::{eventually, free_port, within};
 use tokio::net::TcpStream;
 
 const FROM: &str = "sender@tenant.example";

@@ -4,7 +4,7 @@
 //! whose content was not completely sent may look accepted; and the restarted
 //! relay takes mail again.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use smarthost::spool::{RecipientStatus, Spool};
+use support::binary::{Relay, sigkill};
+use support::client::{TlsClient, send_data, step};
+use support::deliveries::Sent;
+use support::harness::Harness;
+use support::message::{message, queue_id_of, strip_received};
+use support::wait::within;
 
 // ---------------------------------------------------------------------------
 // Messages and what happened to them.

@@ -6,13 +6,17 @@
 //! queue must drain. Also: with both upstreams down, mail is accepted and
 //! deferred, and delivered once one comes back.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-use common::binary::*;
-use common::*;
+use support::binary::{Output, Relay, run, sigkill};
+use support::client::{TlsClient, step};
+use support::deliveries::{Sent, check_deliveries, received};
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::sink::Sink;
+use support::wait::{eventually, within};
 
 // ---------------------------------------------------------------------------
 // Messages.

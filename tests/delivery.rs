@@ -2,13 +2,17 @@
 //! instances as upstreams. Round-robin, failover, recovery, routes, and the
 //! bytes an upstream receives.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::binary::eventually;
-use common::*;
+use support::client::{send_data, tls_session};
+use support::fake_upstream::{FakeUpstream, Method, Script};
+use support::harness::{Harness, Running};
+use support::message::strip_received;
+use support::pki::{TestCa, server_config};
+use support::wait::eventually;
 use tokio_util::sync::CancellationToken;
 
 const FROM: &str = "sender@tenant.example";
@@ -192,10 +196,6 @@ async fn routes_send_each_tenant_only_to_its_upstreams() {
     relay.stop().await;
 }
 
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
-
-use fake_upstream::{FakeUpstream, Method, Script};
 use mail_parser::MimeHeaders;
 
 fn fake_upstream_toml(name: &str, fake: &FakeUpstream, tls: &str, ca: Option<&Path>) -> String {
@@ -219,15 +219,12 @@ async fn an_upstream_with_the_wrong_certificate_gets_nothing() {
     let upstream_ca = Harness::new("");
     let stranger = TestCa::new();
     let bad = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::server_config(
-            &stranger.cert_pem,
-            &stranger.key_pem,
-        )),
+        tls: Some(server_config(&stranger.cert_pem, &stranger.key_pem)),
         ..Script::default()
     })
     .await;
     let good = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::server_config(
+        tls: Some(server_config(
             &upstream_ca.ca.cert_pem,
             &upstream_ca.ca.key_pem,
         )),

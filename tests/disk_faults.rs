@@ -14,10 +14,7 @@
 //! These tests need root (mount, losetup). Without it they say so loudly and
 //! pass without testing; CI runs as root.
 
-mod common;
-
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,10 +22,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::binary::{Relay, Sink, eventually, free_port, within};
-use common::*;
-use fake_upstream::{FakeUpstream, Script};
 use smarthost::spool::RecipientStatus;
+use support::binary::Relay;
+use support::client::{Reply, send_data};
+use support::fake_upstream::{FakeUpstream, Script};
+use support::harness::Harness;
+use support::sink::Sink;
+use support::wait::{eventually, free_port, within};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -218,7 +218,7 @@ impl Filler {
 
 /// One message with a unique Message-ID, `size` bytes or so.
 fn message(tag: &str, size: usize) -> Vec<u8> {
-    common::binary::message(&format!("{tag}@disk.test"), FROM, tag, size)
+    support::message::message(&format!("{tag}@disk.test"), FROM, tag, size)
 }
 
 /// Sends one message on a new plaintext session; the final reply.

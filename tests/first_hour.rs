@@ -2,11 +2,13 @@
 //! binary: what check-config catches, the words its errors use, the help
 //! text, `queue flush` without a relay, the demo's hints.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
-
-use common::binary::*;
+use support::binary::{BIN, Output, Proc, Relay, run};
+use support::harness::Harness;
+use support::sink::Sink;
+use support::wait::free_port;
 
 /// A config with no optional section, so each test adds only what it checks.
 const BASE: &str =
@@ -421,7 +423,7 @@ fn hash_password_on_a_terminal_does_not_echo_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_flush_says_whether_a_relay_will_take_the_request() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
+        let h = Harness::new("");
         let config = h.config_path.to_str().unwrap().to_owned();
         // The spool must exist for the queue commands: a first start makes it.
         let relay = Relay::start(&h).await;
@@ -461,7 +463,7 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_self_signed_warning_comes_once_per_start_and_reload() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
+        let h = Harness::new("");
         let text = std::fs::read_to_string(&h.config_path).unwrap();
         std::fs::write(
             &h.config_path,
@@ -569,7 +571,7 @@ fn the_demo_prints_commands_that_work_and_a_busy_port_suggests_listen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_upstreams_explains_tls_failures_and_says_the_connection_worked() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
+        let h = Harness::new("");
         // A CA that the upstream wrongly presents as its own certificate.
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();

@@ -2,14 +2,14 @@
 //! real relay's STARTTLS and implicit-TLS banners, a relay that has stopped,
 //! an SMTP server refusing with 421, and the admin `/healthz` status line.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
-
-use common::binary::*;
+use support::binary::{Output, Proc, run, wait_banner};
+use support::wait::free_port;
 
 /// A relay config in `dir` with `listeners` and a self-signed certificate.
 fn config(dir: &Path, listeners: &str, extra: &str) -> String {

@@ -19,7 +19,7 @@
 //! `SMARTHOST_KILL_ROUNDS=N` runs N rounds (within `SMARTHOST_KILL_SECS`,
 //! default 25 min).
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -30,10 +30,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
+use support::binary::{Proc, Relay};
+use support::client::{Client, TlsClient, step};
+use support::deliveries::{Sent, check_deliveries, received};
+use support::harness::Harness;
+use support::message::{message, message_id_in, queue_id_of, strip_received};
+use support::sink::Sink;
+use support::wait::{eventually, within};
 use tokio::net::TcpStream;
-
-use common::binary::*;
-use common::*;
 
 /// Concurrent clients.
 const SENDERS: usize = 8;

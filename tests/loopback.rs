@@ -1,13 +1,16 @@
 //! The relay on real loopback sockets with real TLS handshakes.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::client::{Client, send_data, tls_session};
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
+use support::pki::HOSTNAME;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";

@@ -6,14 +6,17 @@
 //! a test failure, never a skip. Every tool runs with a time limit and is
 //! killed if it overruns.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
-use common::*;
 use smarthost::spool::Envelope;
+use support::harness::Harness;
+use support::message::strip_received;
+use support::pki::TestCa;
+use support::tools::repo;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 

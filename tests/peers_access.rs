@@ -2,15 +2,16 @@
 //! AUTH LOGIN and PLAIN, and PROXY headers sent by haproxy and by swaks.
 //! The tools come from scripts/install-test-deps.sh; a missing one fails.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::binary::free_port;
-use common::*;
+use support::auth::hash;
+use support::harness::Harness;
+use support::wait::free_port;
 use tokio::process::Command;
 
 const PASSWORD: &str = "s3cret-Exchange-password";

@@ -7,16 +7,20 @@
 //! a test failure, never a skip. Every peer runs with a time limit and is
 //! killed when its test ends.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::binary::{eventually, free_port};
-use common::*;
 use smarthost::spool::RecipientStatus;
+use support::client::{send_data, tls_session};
+use support::harness::{Harness, Running};
+use support::message::{crlf_to_lf, strip_received};
+use support::pki::HOSTNAME;
+use support::tools::{is_root, repo};
+use support::wait::{eventually, free_port};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 

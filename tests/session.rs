@@ -1,9 +1,12 @@
 //! Session transcripts driven over an in-memory pipe: raw bytes in, exact
 //! reply codes out. TLS here is a real rustls handshake over the pipe.
 
-mod common;
+mod support;
 
-use common::*;
+use support::client::{Client, send_data, tls_session};
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
+use support::pki::HOSTNAME;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -97,7 +100,7 @@ async fn bytes_pipelined_after_starttls_close_the_connection() {
 
 #[tokio::test]
 async fn starttls_forgets_the_session() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut p = h.session(&ctx, "127.0.0.1:4000");
     p.hello().await;
@@ -147,7 +150,7 @@ async fn a_full_transaction_is_spooled_with_one_received_header() {
 
 #[tokio::test]
 async fn pipelined_transaction_in_one_packet() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -182,7 +185,7 @@ async fn pipelined_transaction_in_one_packet() {
 
 #[tokio::test]
 async fn data_with_a_lone_dot_first_is_an_empty_message() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -208,7 +211,7 @@ const SMUGGLING: &[&[u8]] = &[
 
 #[tokio::test]
 async fn smuggling_payloads_stay_one_message_when_normalised() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -235,7 +238,7 @@ async fn smuggling_payloads_stay_one_message_when_normalised() {
 
 #[tokio::test]
 async fn smuggling_payloads_are_refused_in_reject_mode() {
-    let h = plain_harness("[limits]\nbare_line_endings = \"reject\"\n");
+    let h = Harness::plain("[limits]\nbare_line_endings = \"reject\"\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -270,7 +273,7 @@ fn assert_no_bare_line_endings(msg: &[u8]) {
 
 #[tokio::test]
 async fn oversize_is_read_to_the_end_then_552_and_the_session_goes_on() {
-    let h = plain_harness("[limits]\nmax_message_size = 1000\n");
+    let h = Harness::plain("[limits]\nmax_message_size = 1000\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -297,7 +300,7 @@ async fn oversize_is_read_to_the_end_then_552_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn bdat_chunks_down_to_zero_last() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -325,7 +328,7 @@ async fn bdat_chunks_down_to_zero_last() {
 
 #[tokio::test]
 async fn bdat_without_a_transaction_is_503_and_its_bytes_are_consumed() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -344,7 +347,7 @@ async fn bdat_without_a_transaction_is_503_and_its_bytes_are_consumed() {
 
 #[tokio::test]
 async fn recipient_limit_and_mail_loops() {
-    let h = plain_harness("[limits]\nmax_recipients = 3\n");
+    let h = Harness::plain("[limits]\nmax_recipients = 3\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -377,7 +380,7 @@ async fn recipient_limit_and_mail_loops() {
 
 #[tokio::test]
 async fn bad_input_gets_the_rfc_reply() {
-    let h = plain_harness("[limits]\nmax_errors = 100\n");
+    let h = Harness::plain("[limits]\nmax_errors = 100\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -419,7 +422,7 @@ async fn bad_input_gets_the_rfc_reply() {
 
 #[tokio::test]
 async fn ten_mebibytes_without_a_newline_is_one_500_then_back_in_sync() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -439,7 +442,7 @@ async fn ten_mebibytes_without_a_newline_is_one_500_then_back_in_sync() {
 
 #[tokio::test]
 async fn http_first_line_closes_at_once() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -449,7 +452,7 @@ async fn http_first_line_closes_at_once() {
 
 #[tokio::test]
 async fn client_talking_before_the_banner_is_refused() {
-    let h = plain_harness("[limits]\nbanner_delay = \"300ms\"\n");
+    let h = Harness::plain("[limits]\nbanner_delay = \"300ms\"\n");
     let ctx = h.context();
     let (mut client, server) = tokio::io::duplex(4096);
     use tokio::io::AsyncWriteExt;
@@ -469,7 +472,7 @@ async fn client_talking_before_the_banner_is_refused() {
 
 #[tokio::test]
 async fn too_many_errors_end_the_session() {
-    let h = plain_harness("[limits]\nmax_errors = 3\n");
+    let h = Harness::plain("[limits]\nmax_errors = 3\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -483,7 +486,7 @@ async fn too_many_errors_end_the_session() {
 
 #[tokio::test]
 async fn idle_and_slow_clients_time_out() {
-    let h = plain_harness("[limits]\ncommand_timeout = \"300ms\"\ndata_timeout = \"300ms\"\n");
+    let h = Harness::plain("[limits]\ncommand_timeout = \"300ms\"\ndata_timeout = \"300ms\"\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -515,7 +518,7 @@ async fn idle_and_slow_clients_time_out() {
 
 #[tokio::test]
 async fn strangers_may_not_relay_and_nothing_is_spooled() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "192.0.2.7:4000");
     c.hello().await;
@@ -544,7 +547,7 @@ async fn strangers_may_not_relay_and_nothing_is_spooled() {
 
 #[tokio::test]
 async fn sender_domains_restrict_mail_from() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     std::fs::write(
         &h.config_path,
         std::fs::read_to_string(&h.config_path).unwrap().replace(
@@ -564,7 +567,7 @@ async fn sender_domains_restrict_mail_from() {
 
 #[tokio::test]
 async fn spool_failure_is_451_never_250() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -576,7 +579,7 @@ async fn spool_failure_is_451_never_250() {
 
 #[tokio::test]
 async fn shutdown_ends_idle_sessions_with_421() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let (client, server) = tokio::io::duplex(4096);
     let token = tokio_util::sync::CancellationToken::new();
@@ -604,7 +607,7 @@ async fn shutdown_ends_idle_sessions_with_421() {
 
 #[tokio::test]
 async fn dsn_parameters_are_kept_in_the_envelope() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;

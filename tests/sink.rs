@@ -2,13 +2,14 @@
 //! BDAT chunks, STARTTLS with the test CA, the JSON sidecar, limits,
 //! concurrency, shutdown, and swaks as a real third-party client.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::*;
+use support::client::{Client, Reply, send_data};
+use support::pki::TestCa;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 

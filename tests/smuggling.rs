@@ -28,7 +28,7 @@
 //!
 //! Run time: a few seconds (the sessions of a mode run 16 at a time).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::net::SocketAddr;
@@ -37,11 +37,16 @@ use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::binary::{Sink, free_port, within};
-use common::*;
 use smarthost::spool::{
     ClientInfo, Envelope, FORMAT_VERSION, MailParams, Recipient, RecipientStatus, Spool,
 };
+use support::client::{Client, Reply, tls_session};
+use support::harness::{Harness, Running};
+use support::message::crlf_to_lf;
+use support::pki::TestCa;
+use support::sink::Sink;
+use support::tools::is_root;
+use support::wait::{free_port, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 

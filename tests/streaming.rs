@@ -4,13 +4,14 @@
 //! arrives; it is stored byte for byte as before, and every way a message can
 //! end without a 250 (refusals, RSET, disconnect, timeout) removes that file.
 
-mod common;
+mod support;
 
 use std::path::Path;
 use std::time::Duration;
-
-use common::binary::eventually;
-use common::*;
+use support::client::Client;
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
+use support::wait::eventually;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -18,7 +19,7 @@ const TO: &str = "rcpt@partner.example";
 const BIG: usize = 300 * 1024;
 
 fn limits_harness(limits: &str) -> Harness {
-    plain_harness(&format!("[limits]\n{limits}\n"))
+    Harness::plain(&format!("[limits]\n{limits}\n"))
 }
 
 fn tmp_files(h: &Harness) -> usize {

@@ -18,14 +18,16 @@
 //! a failure. Where ptrace is not permitted (some containers), the test says
 //! so and skips.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
-
-use common::binary::*;
-use common::*;
+use support::binary::{BIN, Proc, sigkill, wait_banner};
+use support::client::{Client, send_data};
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::wait::{free_port, within};
 
 const STRACE: &str = "strace";
 

@@ -5,16 +5,19 @@
 //! SIGHUP reloads say what changed, and a bad config is refused with its
 //! file:line while the relay keeps serving.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
-use common::binary::{
-    Proc, Sink, eventually, free_port, queue_id_of, run_with_stdin, wait_banner, within,
-};
-use common::{Client, Harness, TestCa, send_data};
 use serde_json::Value;
+use support::binary::{Proc, run_with_stdin, wait_banner};
+use support::client::{Client, send_data, tls_session};
+use support::harness::Harness;
+use support::message::queue_id_of;
+use support::pki::TestCa;
+use support::sink::Sink;
+use support::wait::{eventually, free_port, within};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// An EHLO name with an ESC sequence, a C1 control (NEL), a line separator
@@ -109,7 +112,7 @@ async fn drive(port: u16, ca: &TestCa) -> Traffic {
     // Relayed by network, over STARTTLS.
     let c = connect_from("127.0.0.1", port).await;
     let local = c.stream.local_addr().unwrap().port();
-    let mut c = common::tls_session(c, ca).await;
+    let mut c = tls_session(c, ca).await;
     let r = send_data(
         &mut c,
         "alice@tenant.example",
@@ -361,7 +364,7 @@ async fn text_log_quotes_fields_and_cannot_be_forged() {
         assert!(refused.contains("reply=\"554 5.7.1 "), "{refused}");
 
         // A client repeating a refused command: INFO lines stop at the cap.
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let flood = 150;
         c.send("MAIL FROM:<a@elsewhere.example>\r\n".repeat(flood))
             .await;
@@ -399,7 +402,7 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
         let s = setup(log, Some(&dead)).await;
         let (relay, port, log) = serve(&s.h, &[], "relay-reload").await;
 
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -501,7 +504,7 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
             "{location}: {refused}"
         );
         // Still serving, with the config before the broken one.
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -578,7 +581,7 @@ async fn bounces_and_expiry_name_the_notice() {
         );
         let s = setup("[log]\nformat = \"json\"\n", Some(&upstream)).await;
         let (_relay, port, log) = serve(&s.h, &[], "relay-bounce").await;
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -617,7 +620,7 @@ async fn bounces_and_expiry_name_the_notice() {
         let queue = "retry_min = \"1s\"\nretry_max = \"1s\"\nmax_lifetime = \"2s\"\n\n[log]\nformat = \"json\"\n";
         let s = setup(queue, Some(&dead)).await;
         let (_relay, port, log) = serve(&s.h, &[], "relay-expiry").await;
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(&mut c, "alice@tenant.example", &["bob@partner.example"], &message("<e@x>")).await;
         let id = queue_id_of(&r).unwrap();
         eventually("the expiry line", 30, || {

@@ -1,19 +1,17 @@
 //! The outbound SMTP client against a scripted fake upstream on loopback,
 //! with real TLS (the rcgen test CA).
 
-mod common;
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::time::Duration;
 
-use common::TestCa;
-use fake_upstream::{FakeUpstream, Method, Script};
 use smarthost::config::{UpstreamConfig, UpstreamTls};
 use smarthost::outbound::{
     ClientOptions, Connection, Stage, Upstream, UpstreamError, UpstreamReply,
 };
 use smarthost::spool::{ClientInfo, Envelope, MailParams, Recipient, RecipientStatus};
+use support::fake_upstream::{FakeUpstream, Method, Script, refused_address};
+use support::pki::{TestCa, self_signed, server_config};
 
 fn envelope(sender: &str, recipients: &[&str]) -> Envelope {
     Envelope {
@@ -312,7 +310,7 @@ async fn a_421_anywhere_ends_the_attempt() {
 #[tokio::test]
 async fn connection_failures_are_errors() {
     let env = envelope("a@example.com", &["b@example.net"]);
-    let refused = upstream(fake_upstream::refused_address(), UpstreamTls::None, None);
+    let refused = upstream(refused_address(), UpstreamTls::None, None);
     assert!(matches!(
         deliver(&refused, &env, b"x").await,
         Err(UpstreamError::Connect(_))
@@ -445,7 +443,7 @@ async fn helo_fallback_uses_no_extensions() {
 async fn required_tls_verifies_and_never_falls_back() {
     let ca = TestCa::new();
     let env = envelope("a@example.com", &["b@example.net"]);
-    let good = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let good = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
 
     // The right CA: encrypted, verified, then delivered.
     let fake = FakeUpstream::start(Script {
@@ -466,7 +464,7 @@ async fn required_tls_verifies_and_never_falls_back() {
 
     // A certificate from another CA: Err(Tls), and no MAIL ever sent.
     let other = TestCa::new();
-    let wrong = fake_upstream::server_config(
+    let wrong = server_config(
         &format!("{}{}", other.cert_pem, other.ca_pem),
         &other.key_pem,
     );
@@ -512,7 +510,7 @@ async fn required_tls_verifies_and_never_falls_back() {
 async fn opportunistic_tls_takes_any_certificate_or_none() {
     let env = envelope("a@example.com", &["b@example.net"]);
     let fake = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::self_signed()),
+        tls: Some(self_signed()),
         ..Script::default()
     })
     .await;
@@ -533,7 +531,7 @@ async fn opportunistic_tls_takes_any_certificate_or_none() {
 async fn bytes_after_the_starttls_220_are_refused() {
     let env = envelope("a@example.com", &["b@example.net"]);
     let fake = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::self_signed()),
+        tls: Some(self_signed()),
         junk_after_starttls: Some(b"250-injected\r\n250 PIPELINING\r\n".to_vec()),
         ..Script::default()
     })
@@ -551,7 +549,7 @@ async fn bytes_after_the_starttls_220_are_refused() {
 #[tokio::test]
 async fn auth_plain_login_and_refusals() {
     let ca = TestCa::new();
-    let tls = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
     let env = envelope("a@example.com", &["b@example.net"]);
     for (mechanisms, used) in [("LOGIN PLAIN", "PLAIN"), ("LOGIN", "LOGIN")] {
         let fake = FakeUpstream::start(Script {
@@ -711,7 +709,7 @@ async fn upstream_from_config_reads_the_password_and_ca() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret \n").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
-    let tls = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
     let fake = FakeUpstream::start(Script {
         tls: Some(tls),
         auth: Some(("u".into(), "s3cret ".into())),

@@ -6,16 +6,15 @@
 //! it is logged, that the relay neither crashes nor buffers without bound.
 //! tests/upstream_client.rs covers the same faults at the client level.
 
-mod common;
-
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::path::PathBuf;
-
-use common::binary::{Relay, eventually, run, within};
-use common::*;
-use fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
+use support::binary::{Relay, run};
+use support::client::send_data;
+use support::fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
+use support::harness::Harness;
+use support::pki::TestCa;
+use support::wait::{eventually, within};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -84,7 +83,7 @@ impl UpstreamCa {
     }
 
     fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
-        fake_upstream::server_config(
+        support::pki::server_config(
             &format!("{}{}", self.ca.cert_pem, self.ca.ca_pem),
             &self.ca.key_pem,
         )
