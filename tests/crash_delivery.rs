@@ -12,10 +12,10 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use support::binary::{Output, Relay, run, sigkill};
 use support::client::{TlsClient, step};
-use support::deliveries::{Sent, check_deliveries, received};
+use support::deliveries::{Sent, check_deliveries, received, send_tracked};
 use support::harness::Harness;
 use support::message::{message, queue_id_of};
-use support::sink::Sink;
+use support::sink::{Sink, quick_retries_to};
 use support::wait::{eventually, within};
 
 // ---------------------------------------------------------------------------
@@ -23,16 +23,7 @@ use support::wait::{eventually, within};
 
 /// Sends one message, filling in `sent` as it goes.
 async fn send_message(c: &mut TlsClient, sent: &mut Sent) -> Result<(), String> {
-    step(c, &format!("MAIL FROM:<{}>", sent.from), "250").await?;
-    for r in &sent.to {
-        step(c, &format!("RCPT TO:<{r}>"), "250").await?;
-    }
-    step(c, "DATA", "354").await?;
-    if !c.try_send(&sent.body).await || !c.try_send(b".\r\n").await {
-        return Err("body: send failed".into());
-    }
-    sent.fully_sent = true;
-    let r = c.try_reply().await.ok_or("dot: connection closed")?;
+    let r = send_tracked(c, sent).await?;
     sent.queued_as = Some(queue_id_of(&r).ok_or_else(|| format!("dot: {:?}", r.lines))?);
     Ok(())
 }
@@ -82,11 +73,6 @@ async fn send_burst(
     tasks
 }
 
-fn queue_extra(sinks: &[&Sink]) -> String {
-    let upstreams: String = sinks.iter().map(|s| s.upstream()).collect();
-    format!("retry_min = \"1s\"\nretry_max = \"2s\"\n\n{upstreams}")
-}
-
 // ---------------------------------------------------------------------------
 // The tests.
 
@@ -103,11 +89,9 @@ const ROUNDS: usize = 6;
 async fn sigkill_during_delivery_loses_nothing_acknowledged() {
     within(300, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
-        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let mut eu = Sink::started(base.path(), "eu").await;
+        let mut us = Sink::started(base.path(), "us").await;
+        let h = Harness::new(&quick_retries_to(&[&eu, &us]));
         let mut relay = Relay::start(&h).await;
         let all = Arc::new(Mutex::new(Vec::<Sent>::new()));
         let started = Instant::now();
@@ -229,7 +213,7 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         let base = tempfile::tempdir().unwrap();
         let eu = Sink::new(base.path(), "eu");
         let mut us = Sink::new(base.path(), "us");
-        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let h = Harness::new(&quick_retries_to(&[&eu, &us]));
         let relay = Relay::start(&h).await;
         let config = h.config_path.to_str().unwrap().to_owned();
         let results = Arc::new(Mutex::new(Vec::new()));

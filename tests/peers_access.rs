@@ -7,40 +7,20 @@ mod support;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
 use support::auth::hash;
 use support::harness::Harness;
-use support::wait::free_port;
+use support::tools::{require, run_tool};
+use support::wait::{free_port, wait_listening};
 use tokio::process::Command;
 
 const PASSWORD: &str = "s3cret-Exchange-password";
 
-fn tool(name: &str) -> &str {
-    assert!(
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success(),
-        "{name} is not installed: run scripts/install-test-deps.sh"
-    );
-    name
-}
-
-/// Runs a command to completion within 60 s; returns (success, stdout+stderr).
+/// Runs a command to completion within the tool time limit; returns
+/// (success, everything it printed).
 async fn run(cmd: &mut Command) -> (bool, String) {
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output())
-        .await
-        .expect("finished within 60 s")
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let ran = run_tool(cmd, b"").await;
+    (ran.status.success(), ran.output())
 }
 
 /// Only authenticated clients may relay (no relay_networks).
@@ -54,7 +34,7 @@ fn auth_only_harness() -> Harness {
 }
 
 fn swaks(relay: SocketAddr, ca: &Path) -> Command {
-    let mut cmd = Command::new(tool("swaks"));
+    let mut cmd = Command::new(require("swaks"));
     cmd.args([
         "--server",
         &relay.ip().to_string(),
@@ -150,7 +130,7 @@ async fn start_haproxy(dir: &Path, relay: SocketAddr) -> Haproxy {
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(tool("haproxy"))
+    let mut child = Command::new(require("haproxy"))
         .arg("-db")
         .arg("-f")
         .arg(&path)
@@ -159,16 +139,10 @@ async fn start_haproxy(dir: &Path, relay: SocketAddr) -> Haproxy {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", v2))
-            .await
-            .is_ok()
-        {
-            return Haproxy { child, v1, v2 };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    for port in [v1, v2] {
+        wait_listening(port, "haproxy", &mut child).await;
     }
-    panic!("haproxy did not start");
+    Haproxy { child, v1, v2 }
 }
 
 #[tokio::test(flavor = "multi_thread")]
