@@ -8,15 +8,11 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use smarthost::spool::Spool;
-use support::binary::{Output, Relay, run, run_with_stdin};
+use support::binary::{Output, Relay, check_config, line_of, run, run_with_stdin};
 use support::client::tls_session;
 use support::harness::Harness;
 use support::message::{message_of_size, strip_received};
 use tokio::net::TcpStream;
-
-fn check_config(path: &Path) -> Output {
-    run(&["check-config", "--config", path.to_str().unwrap()])
-}
 
 // ---------------------------------------------------------------------------
 // check-config
@@ -51,14 +47,6 @@ tls = "required"
 sender_domains = ["tenant-a.example"]
 upstreams = ["eu-1"]
 "#;
-
-/// The 1-based line of the first line containing `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in config"))
-        + 1
-}
 
 /// Writes `GOOD` with `from` replaced by `to` beside the harness certificates.
 fn variant(h: &Harness, name: &str, from: &str, to: &str) -> (PathBuf, String) {

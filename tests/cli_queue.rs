@@ -9,12 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use support::binary::{BIN, Proc, Relay, run, wait_banner};
+use support::binary::{BIN, Proc, Relay, queue_list, run, wait_banner};
 use support::client::{Client, send_data};
-use support::harness::Harness;
-use support::message::strip_received;
-use support::sink::Sink;
-use support::wait::{eventually, free_port, within};
+use support::harness::{Harness, verified_upstream_toml};
+use support::message::{queue_id_of, strip_received};
+use support::sink::{Sink, quick_retries_to};
+use support::wait::{eventually, free_port, holds_within, within};
 use tokio::net::TcpStream;
 
 const FROM: &str = "sender@tenant.example";
@@ -31,26 +31,12 @@ impl Relay {
             )
             .into_bytes();
             let r = send_data(&mut c, FROM, to, &body).await;
-            let last = r.lines.last().unwrap().clone();
-            assert!(last.starts_with("250 2.0.0"), "{last}");
-            let id = last.rsplit("queued as ").next().unwrap().trim().to_owned();
+            let id = queue_id_of(&r).unwrap_or_else(|| panic!("not queued: {:?}", r.lines));
             out.push((id, body));
         }
         c.cmd("QUIT", "221").await;
         out
     }
-}
-
-/// Whether `pred` comes to hold within `secs` (checked every 50 ms).
-async fn holds_within(secs: u64, mut pred: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !pred() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
 }
 
 fn config_arg(h: &Harness) -> String {
@@ -59,13 +45,7 @@ fn config_arg(h: &Harness) -> String {
 
 /// `queue list --json`, parsed.
 fn list_json(h: &Harness) -> Vec<serde_json::Value> {
-    let out = run(&["queue", "list", "--config", &config_arg(h), "--json"]);
-    assert!(out.status.success(), "{}", out.stderr);
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-        .as_array()
-        .unwrap()
-        .clone()
+    queue_list(&h.config_path)
 }
 
 /// Every recipient of `n` listed messages has had an attempt and is deferred.
@@ -230,10 +210,7 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
         let mut eu = Sink::new(base.path(), "eu");
         // Quick retries: the kept message is delivered by an ordinary retry
         // once the upstream is back (no `queue flush` needed).
-        let h = Harness::new(&format!(
-            "retry_min = \"1s\"\nretry_max = \"2s\"\n\n{}",
-            eu.upstream()
-        ));
+        let h = Harness::new(&quick_retries_to(&[&eu]));
         let relay = Relay::start(&h).await;
         let sent = relay.send(&h, "del", &["a@partner.example"], 2).await;
         let (gone, kept) = (&sent[0].0, &sent[1].0);
@@ -321,10 +298,8 @@ fn row<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
 async fn check_upstreams_exit_0_with_a_table_when_all_answer() {
     within(60, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
+        let us = Sink::started(base.path(), "us").await;
         let h = Harness::new(&format!("{}{}", eu.upstream(), us.upstream()));
         let out = run(&["check-upstreams", "--config", &config_arg(&h)]);
         assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
@@ -396,14 +371,14 @@ async fn check_upstreams_verifies_starttls_to_a_sink_with_the_harness_certificat
         let base = tempfile::tempdir().unwrap();
         let h = Harness::new("");
         let mut secure = Sink::new(base.path(), "secure");
-        secure.tls = Some((h.dir.path().join("server.crt"), h.dir.path().join("server.key")));
+        secure.tls = Some((
+            h.dir.path().join("server.crt"),
+            h.dir.path().join("server.key"),
+        ));
         secure.start().await;
         let upstream = |name: &str, tls_name: &str| {
-            format!(
-                "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\ntls = \"required\"\nca_file = \"{}\"\ntls_name = \"{tls_name}\"\n\n",
-                secure.port,
-                h.ca_path().display()
-            )
+            let address = format!("127.0.0.1:{}", secure.port);
+            verified_upstream_toml(name, address, &h.ca_path(), tls_name)
         };
         let config = h.dir.path().join("tls.toml");
         let base_text = std::fs::read_to_string(&h.config_path).unwrap();

@@ -16,8 +16,8 @@ use smarthost::spool::{RecipientStatus, Spool};
 use support::binary::{Relay, sigkill};
 use support::client::{TlsClient, send_data, step};
 use support::deliveries::Sent;
-use support::harness::Harness;
-use support::message::{message, queue_id_of, strip_received};
+use support::harness::{Harness, file_names};
+use support::message::{message, message_id_in, queue_id_of, strip_received};
 use support::wait::within;
 
 // ---------------------------------------------------------------------------
@@ -61,12 +61,7 @@ async fn send_message(
 // Checking the spool.
 
 fn files_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
+    file_names(dir).into_iter().collect()
 }
 
 /// Before any restart: each acknowledged message has both halves in msg/.
@@ -117,14 +112,9 @@ fn assert_spool_consistent(spool_dir: &Path, sent: &[Sent]) -> Vec<String> {
         let content = strip_received(&stored);
         let received = String::from_utf8_lossy(&stored[..stored.len() - content.len()]);
         assert!(received.contains(id.as_str()), "{received}");
-        let text = String::from_utf8_lossy(content);
-        let mid = text
-            .split("Message-ID: <")
-            .nth(1)
-            .and_then(|r| r.split('>').next())
-            .unwrap_or_else(|| panic!("{id}: no Message-ID in {:.200}", text));
+        let mid = message_id_in(content);
         let s = by_message_id
-            .get(mid)
+            .get(mid.as_str())
             .unwrap_or_else(|| panic!("{id}: unknown message {mid}"));
         assert!(
             content == s.body.as_slice(),

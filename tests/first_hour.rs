@@ -5,8 +5,8 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use support::binary::{BIN, Output, Proc, Relay, run};
-use support::harness::Harness;
+use support::binary::{BIN, Output, Proc, Relay, check_config, line_of, run};
+use support::harness::{Harness, verified_upstream_toml};
 use support::sink::Sink;
 use support::wait::free_port;
 
@@ -20,10 +20,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn check_config(path: &Path) -> Output {
-    run(&["check-config", "--config", path.to_str().unwrap()])
-}
-
 /// Exit 1 and an error naming `file:line: `key``, whose fix mentions `fix`.
 fn assert_error(out: &Output, path: &Path, line: usize, key: &str, fix: &str) {
     let all = format!("stdout: {}\nstderr: {}", out.stdout, out.stderr);
@@ -32,10 +28,6 @@ fn assert_error(out: &Output, path: &Path, line: usize, key: &str, fix: &str) {
     assert!(out.stderr.contains(&location), "wanted {location:?}; {all}");
     let fix_text = out.stderr.split_once("fix:").map_or("", |(_, f)| f);
     assert!(fix_text.contains(fix), "fix should mention {fix:?}; {all}");
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).unwrap() + 1
 }
 
 // ---------------------------------------------------------------------------
@@ -590,9 +582,7 @@ async fn check_upstreams_explains_tls_failures_and_says_the_connection_worked() 
         proper.start().await;
 
         let upstream = |name: &str, port: u16, ca: &str, tls_name: &str| {
-            format!(
-                "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntls = \"required\"\nca_file = \"{ca}\"\ntls_name = \"{tls_name}\"\n\n"
-            )
+            verified_upstream_toml(name, format!("127.0.0.1:{port}"), Path::new(ca), tls_name)
         };
         let text = format!(
             "{}{}{}{}",

@@ -9,6 +9,7 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 use support::binary::{Output, Proc, run, wait_banner};
+use support::harness::upstream_toml;
 use support::wait::free_port;
 
 /// A relay config in `dir` with `listeners` and a self-signed certificate.
@@ -17,9 +18,8 @@ fn config(dir: &Path, listeners: &str, extra: &str) -> String {
     std::fs::write(
         &path,
         format!(
-            "hostname = \"relay.test\"\n{listeners}\n[queue]\npath = \"spool\"\n{extra}\n\
-             [[upstream]]\nname = \"down\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n",
-            free_port()
+            "hostname = \"relay.test\"\n{listeners}\n[queue]\npath = \"spool\"\n{extra}\n{}",
+            upstream_toml("down", format!("127.0.0.1:{}", free_port()), "none")
         ),
     )
     .unwrap();

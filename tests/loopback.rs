@@ -105,10 +105,7 @@ async fn smuggled_end_of_data_variants_stay_one_message() {
 
 #[tokio::test]
 async fn plaintext_pipelined_after_starttls_never_runs() {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        "",
-    );
+    let h = Harness::plain("");
     let relay = h.start().await;
     let mut c = relay.connect().await;
     c.hello().await;

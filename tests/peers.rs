@@ -14,9 +14,9 @@ use std::time::Duration;
 
 use smarthost::spool::Envelope;
 use support::harness::Harness;
+use support::message::dot_stuff;
 use support::message::strip_received;
 use support::pki::TestCa;
-use support::message::dot_stuff;
 use support::tools::{INSTALL_HINT, Ran, TOOL_TIMEOUT, repo, require, run_tool};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};

@@ -159,10 +159,7 @@ async fn fsync_rename_dirsync_then_250() {
         return;
     }
     within(120, async {
-        let h = Harness::with_listeners(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-            "",
-        );
+        let h = Harness::plain("");
         let port = free_port();
         let config = std::fs::read_to_string(&h.config_path).unwrap();
         std::fs::write(

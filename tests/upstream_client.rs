@@ -9,36 +9,10 @@ use smarthost::config::{UpstreamConfig, UpstreamTls};
 use smarthost::outbound::{
     ClientOptions, Connection, Stage, Upstream, UpstreamError, UpstreamReply,
 };
-use smarthost::spool::{ClientInfo, Envelope, MailParams, Recipient, RecipientStatus};
+use smarthost::spool::{Envelope, Recipient};
+use support::envelope::envelope;
 use support::fake_upstream::{FakeUpstream, Method, Script, refused_address};
-use support::pki::{TestCa, self_signed, server_config};
-
-fn envelope(sender: &str, recipients: &[&str]) -> Envelope {
-    Envelope {
-        version: smarthost::spool::FORMAT_VERSION,
-        id: "TEST".into(),
-        received_at: 0,
-        client: ClientInfo {
-            address: "127.0.0.1:1".parse().unwrap(),
-            helo: "client.test".into(),
-            tls: None,
-            auth: None,
-        },
-        sender: sender.into(),
-        params: MailParams::default(),
-        recipients: recipients
-            .iter()
-            .map(|a| Recipient {
-                address: (*a).into(),
-                orcpt: None,
-                notify: None,
-                status: RecipientStatus::Pending,
-            })
-            .collect(),
-        size: 0,
-        route_domain: None,
-    }
-}
+use support::pki::{TestCa, self_signed};
 
 fn options() -> ClientOptions {
     let t = Duration::from_secs(5);
@@ -443,7 +417,7 @@ async fn helo_fallback_uses_no_extensions() {
 async fn required_tls_verifies_and_never_falls_back() {
     let ca = TestCa::new();
     let env = envelope("a@example.com", &["b@example.net"]);
-    let good = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let good = ca.server_config();
 
     // The right CA: encrypted, verified, then delivered.
     let fake = FakeUpstream::start(Script {
@@ -464,10 +438,7 @@ async fn required_tls_verifies_and_never_falls_back() {
 
     // A certificate from another CA: Err(Tls), and no MAIL ever sent.
     let other = TestCa::new();
-    let wrong = server_config(
-        &format!("{}{}", other.cert_pem, other.ca_pem),
-        &other.key_pem,
-    );
+    let wrong = other.server_config();
     let fake = FakeUpstream::start(Script {
         tls: Some(wrong),
         ..Script::default()
@@ -549,7 +520,7 @@ async fn bytes_after_the_starttls_220_are_refused() {
 #[tokio::test]
 async fn auth_plain_login_and_refusals() {
     let ca = TestCa::new();
-    let tls = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = ca.server_config();
     let env = envelope("a@example.com", &["b@example.net"]);
     for (mechanisms, used) in [("LOGIN PLAIN", "PLAIN"), ("LOGIN", "LOGIN")] {
         let fake = FakeUpstream::start(Script {
@@ -709,7 +680,7 @@ async fn upstream_from_config_reads_the_password_and_ca() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret \n").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
-    let tls = server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = ca.server_config();
     let fake = FakeUpstream::start(Script {
         tls: Some(tls),
         auth: Some(("u".into(), "s3cret ".into())),
@@ -755,13 +726,8 @@ async fn aiosmtpd_receives_the_message_byte_for_byte() {
     use tokio::io::AsyncBufReadExt;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, out) = (
-        dir.path().join("c.pem"),
-        dir.path().join("k.pem"),
-        dir.path().join("out"),
-    );
-    std::fs::write(&cert, format!("{}{}", ca.cert_pem, ca.ca_pem)).unwrap();
-    std::fs::write(&key, &ca.key_pem).unwrap();
+    let (cert, key) = ca.write_certificate(dir.path(), "server");
+    let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

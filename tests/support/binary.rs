@@ -137,6 +137,15 @@ pub fn check_config(path: &Path) -> Output {
     run(&["check-config", "--config", path.to_str().unwrap()])
 }
 
+/// The 1-based number of the first line of `text` containing `needle`: where
+/// check-config must point.
+pub fn line_of(text: &str, needle: &str) -> usize {
+    text.lines()
+        .position(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} not in config"))
+        + 1
+}
+
 /// `smarthost queue list --json` on `config`, parsed: one value per message.
 pub fn queue_list(config: &Path) -> Vec<serde_json::Value> {
     let out = run(&[
@@ -201,6 +210,11 @@ impl Relay {
     /// waits for its 220 banner (which comes only after the spool was opened
     /// and crash debris cleared). Retries if the port was taken in between.
     pub async fn start(h: &Harness) -> Relay {
+        Self::start_with(h, &[]).await
+    }
+
+    /// `start` with more arguments to `smarthost serve`.
+    pub async fn start_with(h: &Harness, extra: &[&str]) -> Relay {
         static STARTS: AtomicUsize = AtomicUsize::new(0);
         let template = h.dir.path().join("template.toml");
         if !template.exists() {
@@ -218,10 +232,9 @@ impl Relay {
             .unwrap();
             let n = STARTS.fetch_add(1, Ordering::Relaxed);
             let log = h.dir.path().join(format!("relay-{n}.log"));
-            let mut proc = Proc::spawn(
-                &["serve", "--config", h.config_path.to_str().unwrap()],
-                &log,
-            );
+            let mut args = vec!["serve", "--config", h.config_path.to_str().unwrap()];
+            args.extend_from_slice(extra);
+            let mut proc = Proc::spawn(&args, &log);
             match wait_banner(&mut proc, port, &log).await {
                 Ok(()) => {
                     return Relay {
@@ -272,4 +285,15 @@ impl Relay {
             self.log()
         );
     }
+}
+
+/// A memory figure of process `pid` in KiB, from /proc/PID/status
+/// (`field`: "VmRSS" now, "VmHWM" the peak).
+pub fn status_kib(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }

@@ -196,10 +196,10 @@ pub async fn step<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
-/// A TCP connection to 127.0.0.1:`port` from the loopback address `source`
+/// A client on 127.0.0.1:`port` from the loopback address `source`
 /// (127.0.0.2, ...: clients at different addresses on one machine).
-pub async fn connect_from(source: &str, port: u16) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{source}:0").parse().unwrap())?;
-    socket.connect(([127, 0, 0, 1], port).into()).await
+pub async fn connect_from(source: &str, port: u16) -> Client<TcpStream> {
+    let socket = TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    Client::new(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap())
 }

@@ -46,6 +46,11 @@ impl Harness {
         Self::with_listeners(PLAIN_LISTENER, extra)
     }
 
+    /// `plain`, with `limits` as its `[limits]` section.
+    pub fn plain_limits(limits: &str) -> Harness {
+        Self::plain(&format!("[limits]\n{limits}\n"))
+    }
+
     pub fn with_listeners(listeners: &str, extra: &str) -> Harness {
         Self::in_dir(tempfile::tempdir().unwrap(), listeners, extra)
     }

@@ -114,6 +114,8 @@ pub fn quick_retries_to(sinks: &[&Sink]) -> String {
 pub struct LocalSink {
     pub addr: SocketAddr,
     pub dir: PathBuf,
+    /// The directory `start_temp` made, removed when dropped.
+    _temp: Option<tempfile::TempDir>,
     tls: Option<Arc<rustls::ServerConfig>>,
     running: Option<(
         CancellationToken,
@@ -128,12 +130,32 @@ impl LocalSink {
         name: &str,
         tls: Option<Arc<rustls::ServerConfig>>,
     ) -> LocalSink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Self::start_at(([127, 0, 0, 1], 0).into(), base, name, tls).await
+    }
+
+    /// Started on a free port, storing into a temporary directory of its own.
+    pub async fn start_temp(tls: Option<Arc<rustls::ServerConfig>>) -> LocalSink {
+        let temp = tempfile::tempdir().unwrap();
+        let mut sink = Self::start(temp.path(), "sink", tls).await;
+        sink._temp = Some(temp);
+        sink
+    }
+
+    /// Started on `addr`, which may have been in use a moment ago (an
+    /// upstream that was down and comes back).
+    pub async fn start_at(
+        addr: SocketAddr,
+        base: &Path,
+        name: &str,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> LocalSink {
+        let listener = bind(addr).await;
         let dir = base.join(name);
         std::fs::create_dir_all(&dir).unwrap();
         let mut sink = LocalSink {
             addr: listener.local_addr().unwrap(),
             dir,
+            _temp: None,
             tls,
             running: None,
         };
@@ -168,7 +190,7 @@ impl LocalSink {
     /// Starts again on the same port.
     pub async fn restart(&mut self) {
         assert!(self.running.is_none(), "sink still running");
-        let listener = tokio::net::TcpListener::bind(self.addr).await.unwrap();
+        let listener = bind(self.addr).await;
         self.run(listener);
     }
 
@@ -195,6 +217,17 @@ impl LocalSink {
         let json = std::fs::read(self.files()[n].with_extension("json")).unwrap();
         serde_json::from_slice(&json).unwrap()
     }
+}
+
+/// A listener on `addr`, retried for 2 s while the port is still taken.
+async fn bind(addr: SocketAddr) -> tokio::net::TcpListener {
+    for _ in 0..100 {
+        if let Ok(l) = tokio::net::TcpListener::bind(addr).await {
+            return l;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("{addr} is still in use after 2 s");
 }
 
 /// The complete `.eml` files in `dir` (a sink writes a dot-file first and
