@@ -107,11 +107,10 @@ async fn auth_protocol_errors() {
 #[tokio::test]
 async fn auth_before_tls_on_an_optional_tls_listener_is_538() {
     let h = auth_harness("");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+    h.edit_config(
         "tls = \"starttls\"\n",
         "tls = \"starttls\"\nrequire_tls = false\n",
     );
-    std::fs::write(&h.config_path, text).unwrap();
     let ctx = h.context();
     let mut c = h.session(&ctx, "198.51.100.31:1");
     let ehlo = c.hello().await;

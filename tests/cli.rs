@@ -692,10 +692,7 @@ fn serve_on_a_taken_port_exits_1_with_a_clear_message() {
     let h = Harness::new("");
     let taken = StdListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&h.config_path)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&h.config_path, text).unwrap();
+    h.edit_config("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let out = serve_fails(&h.config_path);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(

@@ -6,7 +6,7 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use support::binary::{BIN, Output, Proc, Relay, check_config, line_of, run};
-use support::harness::{Harness, verified_upstream_toml};
+use support::harness::{Harness, TLS_SECTION, verified_upstream_toml};
 use support::sink::Sink;
 use support::wait::free_port;
 
@@ -456,15 +456,7 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
 async fn the_self_signed_warning_comes_once_per_start_and_reload() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
         let h = Harness::new("");
-        let text = std::fs::read_to_string(&h.config_path).unwrap();
-        std::fs::write(
-            &h.config_path,
-            text.replace(
-                "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n",
-                "",
-            ),
-        )
-        .unwrap();
+        h.edit_config(TLS_SECTION, "");
         let relay = Relay::start(&h).await;
         let count = |log: &str| log.matches("self-signed").count();
         assert_eq!(count(&relay.log()), 1, "{}", relay.log());

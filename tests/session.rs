@@ -548,14 +548,10 @@ async fn strangers_may_not_relay_and_nothing_is_spooled() {
 #[tokio::test]
 async fn sender_domains_restrict_mail_from() {
     let h = Harness::plain("");
-    std::fs::write(
-        &h.config_path,
-        std::fs::read_to_string(&h.config_path).unwrap().replace(
-            "[access]\n",
-            "[access]\nsender_domains = [\"tenant.example\"]\n",
-        ),
-    )
-    .unwrap();
+    h.edit_config(
+        "[access]\n",
+        "[access]\nsender_domains = [\"tenant.example\"]\n",
+    );
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;

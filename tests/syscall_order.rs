@@ -161,12 +161,7 @@ async fn fsync_rename_dirsync_then_250() {
     within(120, async {
         let h = Harness::plain("");
         let port = free_port();
-        let config = std::fs::read_to_string(&h.config_path).unwrap();
-        std::fs::write(
-            &h.config_path,
-            config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-        )
-        .unwrap();
+        h.edit_config("127.0.0.1:0", &format!("127.0.0.1:{port}"));
         let trace_path = h.dir.path().join("strace.out");
         let log = h.dir.path().join("relay.log");
         let mut traced = Traced {

@@ -45,13 +45,9 @@ async fn setup(log: &str, upstream: Option<&str>) -> Setup {
         "{log}\n[limits]\nmax_message_size = 100000\n\n[[user]]\nname = \"exchange01\"\npassword_hash = \"{}\"\n\n{upstream}",
         hash.stdout.trim()
     ));
-    let text = std::fs::read_to_string(&h.config_path).unwrap();
-    let text = text.replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    h.replace_access_line(
         "relay_networks = [\"127.0.0.1/32\"]\nsender_domains = [\"tenant.example\"]",
     );
-    assert!(text.contains("127.0.0.1/32"));
-    std::fs::write(&h.config_path, text).unwrap();
     sink.start().await;
     Setup {
         h,

@@ -32,6 +32,9 @@ pub const STARTTLS_LISTENER: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\ntl
 pub const PLAIN_LISTENER: &str =
     "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n";
 
+/// The `[tls]` section every harness starts with.
+pub const TLS_SECTION: &str = "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n";
+
 /// The `relay_networks` line every harness starts with.
 const RELAY_NETWORKS: &str = "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]";
 
@@ -64,7 +67,7 @@ impl Harness {
         ca.write_certificate(dir.path(), "server");
         std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
         let text = format!(
-            "hostname = \"{HOSTNAME}\"\n{listeners}\n[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n\n[access]\n{RELAY_NETWORKS}\n\n[queue]\npath = \"spool\"\n\n{extra}"
+            "hostname = \"{HOSTNAME}\"\n{listeners}\n{TLS_SECTION}\n[access]\n{RELAY_NETWORKS}\n\n[queue]\npath = \"spool\"\n\n{extra}"
         );
         let config_path = dir.path().join("smarthost.toml");
         std::fs::write(&config_path, text).unwrap();
@@ -75,12 +78,17 @@ impl Harness {
         }
     }
 
+    /// Replaces `from`, which must be in the config file, with `to`.
+    pub fn edit_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config_path).unwrap();
+        assert!(text.contains(from), "{from:?} not in {text}");
+        std::fs::write(&self.config_path, text.replace(from, to)).unwrap();
+    }
+
     /// Replaces the harness's `relay_networks = [...]` line with `lines`
     /// (other networks, or more `[access]` keys).
     pub fn replace_access_line(&self, lines: &str) {
-        let text = std::fs::read_to_string(&self.config_path).unwrap();
-        assert!(text.contains(RELAY_NETWORKS), "{text}");
-        std::fs::write(&self.config_path, text.replace(RELAY_NETWORKS, lines)).unwrap();
+        self.edit_config(RELAY_NETWORKS, lines);
     }
 
     pub fn config(&self) -> Config {
