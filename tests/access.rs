@@ -308,21 +308,9 @@ async fn connections_per_address_are_capped() {
     relay.stop().await;
 }
 
-/// A relay whose listener expects PROXY headers from 127.0.0.1 only.
-fn proxy_harness() -> Harness {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
-        "",
-    );
-    h.replace_access_line(
-        "relay_networks = [\"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
-    );
-    h
-}
-
 #[tokio::test]
 async fn proxy_header_address_is_the_one_the_rules_use() {
-    let h = proxy_harness();
+    let h = Harness::behind_proxy("192.0.2.0/24");
     let relay = h.start().await;
     // v1 from the trusted proxy, for a client in relay_networks: relays.
     let mut c = connect_from("127.0.0.1", relay.addr().port()).await;
@@ -351,7 +339,7 @@ async fn proxy_header_address_is_the_one_the_rules_use() {
 
 #[tokio::test]
 async fn proxy_header_from_untrusted_or_missing_closes_without_a_banner() {
-    let h = proxy_harness();
+    let h = Harness::behind_proxy("192.0.2.0/24");
     let relay = h.start().await;
     let mut c = connect_from("127.0.0.2", relay.addr().port()).await;
     c.stream

@@ -9,11 +9,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
-use support::binary::{BIN, Proc, Relay, queue_list, run, wait_banner};
+use support::binary::{BIN, Proc, Relay, all_deferred, queue_list, run, wait_banner};
 use support::client::{Client, send_data};
 use support::harness::{Harness, verified_upstream_toml};
 use support::message::{queue_id_of, strip_received};
-use support::sink::{Sink, quick_retries_to};
+use support::sink::{Sink, quick_retries_to, sidecar};
 use support::wait::{eventually, free_port, holds_within, within};
 use tokio::net::TcpStream;
 
@@ -43,24 +43,6 @@ fn config_arg(h: &Harness) -> String {
     h.config_path.to_str().unwrap().to_owned()
 }
 
-/// `queue list --json`, parsed.
-fn list_json(h: &Harness) -> Vec<serde_json::Value> {
-    queue_list(&h.config_path)
-}
-
-/// Every recipient of `n` listed messages has had an attempt and is deferred.
-fn all_deferred(h: &Harness, n: usize) -> bool {
-    let entries = list_json(h);
-    entries.len() == n
-        && entries.iter().all(|e| {
-            e["recipients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["state"] == "deferred")
-        })
-}
-
 /// A relay whose only upstream is down (nothing listens on its port), with
 /// retries an hour apart: whatever it accepts stays deferred.
 fn harness_with_upstream_down(sink: &Sink) -> Harness {
@@ -83,17 +65,20 @@ async fn queue_list_shows_ids_senders_recipient_states_and_last_reply() {
         let empty = run(&["queue", "list", "--config", &config_arg(&h)]);
         assert!(empty.status.success(), "{}", empty.stderr);
         assert_eq!(empty.stdout.trim(), "0 message(s) queued");
-        assert_eq!(list_json(&h).len(), 0);
+        assert_eq!(queue_list(&h.config_path).len(), 0);
 
         let mut sent = relay
             .send(&h, "one", &["a@partner.example", "b@partner.example"], 1)
             .await;
         sent.extend(relay.send(&h, "two", &["c@partner.example"], 1).await);
-        eventually("both messages deferred", 20, || all_deferred(&h, 2)).await;
+        eventually("both messages deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 2)
+        })
+        .await;
 
         // JSON: oldest first, with the ids the 250s named.
         let now = smarthost::spool::unix_now();
-        let entries = list_json(&h);
+        let entries = queue_list(&h.config_path);
         let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [sent[0].0.as_str(), sent[1].0.as_str()]);
         for (e, (_, body)) in entries.iter().zip(&sent) {
@@ -165,7 +150,10 @@ async fn queue_flush_makes_the_running_relay_retry_at_once() {
         let h = harness_with_upstream_down(&eu);
         let relay = Relay::start(&h).await;
         let sent = relay.send(&h, "flush", &["a@partner.example"], 3).await;
-        eventually("3 deferred", 20, || all_deferred(&h, 3)).await;
+        eventually("3 deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 3)
+        })
+        .await;
 
         // The upstream is back, but the next retry is an hour away.
         eu.start().await;
@@ -214,7 +202,10 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
         let relay = Relay::start(&h).await;
         let sent = relay.send(&h, "del", &["a@partner.example"], 2).await;
         let (gone, kept) = (&sent[0].0, &sent[1].0);
-        eventually("2 deferred", 20, || all_deferred(&h, 2)).await;
+        eventually("2 deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 2)
+        })
+        .await;
 
         let out = run(&["queue", "delete", gone, "--config", &config_arg(&h)]);
         assert!(out.status.success(), "{}", out.stderr);
@@ -223,7 +214,7 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
             "{}",
             out.stdout
         );
-        let ids: Vec<String> = list_json(&h)
+        let ids: Vec<String> = queue_list(&h.config_path)
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_owned())
             .collect();
@@ -254,7 +245,11 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
                 out.stderr
             );
         }
-        assert_eq!(list_json(&h).len(), 1, "a bad delete touched the queue");
+        assert_eq!(
+            queue_list(&h.config_path).len(),
+            1,
+            "a bad delete touched the queue"
+        );
 
         // The upstream returns and the queue is retried: only the kept one arrives.
         eu.start().await;
@@ -445,8 +440,7 @@ async fn sink_writes_each_message_to_a_file_with_its_envelope() {
             millis.parse::<u64>().is_ok() && n.parse::<u64>().is_ok(),
             "{stem}"
         );
-        let sidecar: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap()).unwrap();
+        let sidecar = sidecar(file);
         assert_eq!(sidecar["mail_from"], FROM);
         assert_eq!(
             sidecar["rcpt_to"],

@@ -10,12 +10,12 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use support::binary::{Output, Relay, run, sigkill};
+use support::binary::{Output, Relay, all_deferred, queue_list, run, sigkill};
 use support::client::{TlsClient, step};
 use support::deliveries::{Sent, check_deliveries, received, send_tracked};
 use support::harness::Harness;
 use support::message::{message, queue_id_of};
-use support::sink::{Sink, quick_retries_to};
+use support::sink::{Sink, quick_retries_to, sidecar};
 use support::wait::{eventually, within};
 
 // ---------------------------------------------------------------------------
@@ -228,27 +228,13 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         );
 
         // Deferred, each recipient, with the failure as the last reply.
-        let mut listing = serde_json::Value::Null;
+        let mut listing = Vec::new();
         eventually("all 10 deferred in queue list --json", 20, || {
-            let Output {
-                status,
-                stdout: out,
-                stderr: err,
-            } = run(&["queue", "list", "--config", &config, "--json"]);
-            assert!(status.success(), "{err}");
-            listing = serde_json::from_str(&out).unwrap();
-            let entries = listing.as_array().unwrap();
-            entries.len() == 10
-                && entries.iter().all(|e| {
-                    e["recipients"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|r| r["state"] == "deferred")
-                })
+            listing = queue_list(&h.config_path);
+            all_deferred(&listing, 10)
         })
         .await;
-        for e in listing.as_array().unwrap() {
+        for e in &listing {
             let id = e["id"].as_str().unwrap();
             let s = sent
                 .iter()
@@ -306,13 +292,7 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
                 got.get(&s.message_id).is_some_and(|copies| {
                     let n: usize = copies
                         .iter()
-                        .map(|(_, f, _)| {
-                            let j: serde_json::Value = serde_json::from_slice(
-                                &std::fs::read(f.with_extension("json")).unwrap(),
-                            )
-                            .unwrap();
-                            j["rcpt_to"].as_array().unwrap().len()
-                        })
+                        .map(|(_, f, _)| sidecar(f)["rcpt_to"].as_array().unwrap().len())
                         .sum();
                     n >= s.to.len()
                 })

@@ -99,19 +99,6 @@ async fn swaks_auth_login_and_plain_relay_and_a_wrong_password_does_not() {
     relay.stop().await;
 }
 
-/// A relay behind a PROXY-speaking listener: 127.0.0.1 is the trusted proxy
-/// and only 127.0.0.3 may relay.
-fn proxied_harness() -> Harness {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
-        "",
-    );
-    h.replace_access_line(
-        "relay_networks = [\"127.0.0.3/32\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
-    );
-    h
-}
-
 /// haproxy in front of the relay: one frontend per PROXY version.
 struct Haproxy {
     child: tokio::process::Child,
@@ -147,7 +134,7 @@ async fn start_haproxy(dir: &Path, relay: SocketAddr) -> Haproxy {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_send_proxy_v1_and_v2_carry_the_client_address() {
-    let h = proxied_harness();
+    let h = Harness::behind_proxy("127.0.0.3/32");
     let relay = h.start().await;
     let mut haproxy = start_haproxy(h.dir.path(), relay.addr()).await;
     for port in [haproxy.v1, haproxy.v2] {
@@ -177,7 +164,7 @@ async fn haproxy_send_proxy_v1_and_v2_carry_the_client_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swaks_proxy_headers_trusted_and_untrusted() {
-    let h = proxied_harness();
+    let h = Harness::behind_proxy("127.0.0.3/32");
     let relay = h.start().await;
     for (version, family) in [("1", "TCP4"), ("2", "AF_INET")] {
         let (ok, out) = run(swaks(relay.addr(), &h.ca_path()).args([

@@ -41,7 +41,7 @@ use support::envelope::envelope;
 use support::harness::{Harness, Running, upstream_toml};
 use support::message::crlf_to_lf;
 use support::pki::TestCa;
-use support::sink::Sink;
+use support::sink::{Sink, sidecar};
 use support::smtp_sink::{SmtpSink, path_of};
 use support::wait::{free_port, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -709,8 +709,7 @@ impl Rig {
             .files()
             .iter()
             .map(|eml| {
-                let json: serde_json::Value =
-                    serde_json::from_slice(&fs::read(eml.with_extension("json")).unwrap()).unwrap();
+                let json = sidecar(eml);
                 let rcpts = json["rcpt_to"]
                     .as_array()
                     .unwrap()

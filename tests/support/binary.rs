@@ -163,6 +163,19 @@ pub fn queue_list(config: &Path) -> Vec<serde_json::Value> {
         .clone()
 }
 
+/// Whether `listing` (from `queue_list`) holds `n` messages, every
+/// recipient of each deferred (tried at least once, to be tried again).
+pub fn all_deferred(listing: &[serde_json::Value], n: usize) -> bool {
+    listing.len() == n
+        && listing.iter().all(|e| {
+            e["recipients"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["state"] == "deferred")
+        })
+}
+
 fn run_inner(args: &[&str], stdin: Option<&[u8]>) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let (out, err) = (dir.path().join("out"), dir.path().join("err"));

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{Client, Reply, step};
 use super::message::{message_id_in, strip_received};
-use super::sink::Sink;
+use super::sink::{Sink, sidecar};
 
 /// One message a client tried to send.
 #[derive(Debug, Clone)]
@@ -126,9 +126,7 @@ pub fn check_deliveries(sinks: &[&Sink], sent: &[Sent]) -> Tally {
                 file.display(),
                 copies[0].1.display()
             );
-            let sidecar: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap())
-                    .unwrap();
+            let sidecar = sidecar(file);
             assert_eq!(sidecar["mail_from"], s.from.as_str(), "{mid}");
             let rcpts: Vec<String> = serde_json::from_value(sidecar["rcpt_to"].clone()).unwrap();
             assert!(!rcpts.is_empty(), "{mid}: no recipients");

@@ -32,6 +32,10 @@ pub const STARTTLS_LISTENER: &str = "[[listener]]\naddress = \"127.0.0.1:0\"\ntl
 pub const PLAIN_LISTENER: &str =
     "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n";
 
+/// A STARTTLS listener that takes a PROXY header first (v1 or v2).
+pub const PROXY_LISTENER: &str =
+    "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n";
+
 /// The `[tls]` section every harness starts with.
 pub const TLS_SECTION: &str = "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n";
 
@@ -52,6 +56,16 @@ impl Harness {
     /// `plain`, with `limits` as its `[limits]` section.
     pub fn plain_limits(limits: &str) -> Harness {
         Self::plain(&format!("[limits]\n{limits}\n"))
+    }
+
+    /// A relay behind a PROXY-speaking listener that trusts headers from
+    /// 127.0.0.1 only and relays for `relay_network` (as the header names it).
+    pub fn behind_proxy(relay_network: &str) -> Harness {
+        let h = Self::with_listeners(PROXY_LISTENER, "");
+        h.replace_access_line(&format!(
+            "relay_networks = [\"{relay_network}\"]\ntrusted_proxies = [\"127.0.0.1/32\"]"
+        ));
+        h
     }
 
     pub fn with_listeners(listeners: &str, extra: &str) -> Harness {

@@ -214,8 +214,7 @@ impl LocalSink {
 
     /// The JSON sidecar of the `n`th message.
     pub fn sidecar(&self, n: usize) -> serde_json::Value {
-        let json = std::fs::read(self.files()[n].with_extension("json")).unwrap();
-        serde_json::from_slice(&json).unwrap()
+        sidecar(&self.files()[n])
     }
 }
 
@@ -243,6 +242,11 @@ pub fn eml_files(dir: &Path) -> Vec<PathBuf> {
         .collect();
     names.sort();
     names
+}
+
+/// The JSON sidecar beside a sink's `eml` file: the envelope, TLS, chunking.
+pub fn sidecar(eml: &Path) -> serde_json::Value {
+    serde_json::from_slice(&std::fs::read(eml.with_extension("json")).unwrap()).unwrap()
 }
 
 fn read_all(files: &[PathBuf]) -> Vec<Vec<u8>> {
