@@ -3,7 +3,9 @@
 
 mod support;
 
-use support::client::{Client, send_data, tls_session};
+use std::time::Duration;
+
+use support::client::{send_data, tls_session};
 use support::harness::Harness;
 use support::message::{message_of_size, strip_received};
 use support::pki::HOSTNAME;
@@ -450,22 +452,14 @@ async fn http_first_line_closes_at_once() {
     assert!(c.try_reply().await.is_none(), "no reply to HTTP");
 }
 
-#[tokio::test]
+// The clock is paused: it jumps to the next timer whenever every task
+// waits, so the session's delays and deadlines take no real time.
+#[tokio::test(start_paused = true)]
 async fn client_talking_before_the_banner_is_refused() {
-    let h = Harness::plain("[limits]\nbanner_delay = \"300ms\"\n");
+    let h = Harness::plain("[limits]\nbanner_delay = \"5s\"\n");
     let ctx = h.context();
-    let (mut client, server) = tokio::io::duplex(4096);
-    use tokio::io::AsyncWriteExt;
-    client.write_all(b"EHLO eager.example\r\n").await.unwrap();
-    let session = smarthost::session::Session::new(
-        ctx.clone(),
-        ctx.config.listeners[0].clone(),
-        "127.0.0.1:5".parse().unwrap(),
-        Box::new(server),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    tokio::spawn(session.run());
-    let mut c = Client::new(client);
+    let mut c = h.session(&ctx, "127.0.0.1:5");
+    c.send("EHLO eager.example\r\n").await;
     c.expect("554 5.5.0").await;
     assert!(c.closed().await);
 }
@@ -484,29 +478,37 @@ async fn too_many_errors_end_the_session() {
     assert!(c.closed().await);
 }
 
-#[tokio::test]
+/// The real defaults (command_timeout 5 minutes, data_timeout 10), on a
+/// paused clock.
+#[tokio::test(start_paused = true)]
 async fn idle_and_slow_clients_time_out() {
-    let h = Harness::plain("[limits]\ncommand_timeout = \"300ms\"\ndata_timeout = \"300ms\"\n");
+    let h = Harness::plain("[limits]\ncommand_timeout = \"5m\"\ndata_timeout = \"10m\"\n");
     let ctx = h.context();
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    let session = || {
+        let mut c = h.session(&ctx, "127.0.0.1:4000");
+        c.reply_timeout = Duration::from_secs(3600);
+        c
+    };
+    let mut c = session();
     c.hello().await;
     c.expect("421 4.4.2").await;
     assert!(c.closed().await);
-    // A command trickled a byte at a time is bounded by its deadline, not per byte.
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    // A command trickled a byte at a time is bounded by its deadline, not per
+    // byte: a byte every 30 s, 19 bytes.
+    let mut c = session();
     c.hello().await;
     let trickle = async {
         for b in b"NOOP NOOP NOOP NOOP" {
             if !c.try_send([*b]).await {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
     };
     trickle.await;
     c.expect("421 4.4.2").await;
     // Stalling inside DATA.
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    let mut c = session();
     c.hello().await;
     c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
     c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
@@ -577,17 +579,8 @@ async fn spool_failure_is_451_never_250() {
 async fn shutdown_ends_idle_sessions_with_421() {
     let h = Harness::plain("");
     let ctx = h.context();
-    let (client, server) = tokio::io::duplex(4096);
     let token = tokio_util::sync::CancellationToken::new();
-    let session = smarthost::session::Session::new(
-        ctx.clone(),
-        ctx.config.listeners[0].clone(),
-        "127.0.0.1:5".parse().unwrap(),
-        Box::new(server),
-        token.clone(),
-    );
-    tokio::spawn(session.run());
-    let mut c = Client::new(client);
+    let mut c = h.session_until(&ctx, "127.0.0.1:5", token.clone());
     c.hello().await;
     c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
     c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;

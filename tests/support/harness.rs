@@ -141,13 +141,23 @@ impl Harness {
 
     /// A session on an in-memory pipe, as if the client were at `peer`.
     pub fn session(&self, ctx: &Arc<ServerContext>, peer: &str) -> Client<tokio::io::DuplexStream> {
+        self.session_until(ctx, peer, CancellationToken::new())
+    }
+
+    /// `session`, told to shut down when `shutdown` is cancelled.
+    pub fn session_until(
+        &self,
+        ctx: &Arc<ServerContext>,
+        peer: &str,
+        shutdown: CancellationToken,
+    ) -> Client<tokio::io::DuplexStream> {
         let (client, server) = tokio::io::duplex(1 << 16);
         let session = Session::new(
             ctx.clone(),
             ctx.config.listeners[0].clone(),
             peer.parse().unwrap(),
             Box::new(server),
-            CancellationToken::new(),
+            shutdown,
         );
         tokio::spawn(session.run());
         Client::new(client)
