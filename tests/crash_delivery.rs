@@ -10,6 +10,7 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
 use support::binary::{Output, Relay, all_deferred, queue_list, run, sigkill};
 use support::client::{TlsClient, step};
 use support::deliveries::{Sent, check_deliveries, received, send_tracked};

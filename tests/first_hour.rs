@@ -5,10 +5,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+
 use support::binary::{BIN, Output, Proc, Relay, check_config, line_of, run};
 use support::harness::{Harness, TLS_SECTION, verified_upstream_toml};
 use support::sink::Sink;
-use support::wait::free_port;
+use support::wait::{eventually, free_port};
 
 /// A config with no optional section, so each test adds only what it checks.
 const BASE: &str =
@@ -439,11 +440,10 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
         // The request is kept for the next start, which takes it.
         assert!(h.spool_dir().join("flush-requested").exists());
         let _relay = Relay::start(&h).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while h.spool_dir().join("flush-requested").exists() {
-            assert!(std::time::Instant::now() < deadline, "not taken at start");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually("the flush request taken at start", 10, || {
+            !h.spool_dir().join("flush-requested").exists()
+        })
+        .await;
     })
     .await
     .expect("test timed out");

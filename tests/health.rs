@@ -8,6 +8,7 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
+
 use support::binary::{Output, Proc, run, wait_banner};
 use support::harness::upstream_toml;
 use support::wait::free_port;

@@ -9,6 +9,7 @@ mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
 use support::auth::hash;
 use support::binary::Relay;
 use support::client::{Client, tls_session};

@@ -7,6 +7,7 @@
 mod support;
 
 use std::time::Duration;
+
 use support::client::Client;
 use support::harness::{Harness, file_names};
 use support::message::{message_of_size, strip_received};

@@ -23,6 +23,7 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
+
 use support::binary::{BIN, Proc, sigkill, wait_banner};
 use support::client::{Client, send_data};
 use support::harness::Harness;

@@ -9,6 +9,7 @@
 mod support;
 
 use std::path::PathBuf;
+
 use support::binary::{Relay, queue_list, status_kib};
 use support::client::send_data;
 use support::fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
