@@ -124,6 +124,20 @@ async fn scrape(port: u16) -> Samples {
     parse_metrics(&r.body)
 }
 
+/// Scrapes every 50 ms until `done` holds (5 s at most; the last scrape is
+/// returned either way, for the assertions to say what it shows).
+async fn scrape_until(port: u16, done: impl Fn(&Samples) -> bool) -> Samples {
+    let mut m = scrape(port).await;
+    for _ in 0..100 {
+        if done(&m) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape(port).await;
+    }
+    m
+}
+
 /// A relay with `[admin]` on its own port, delivering to `sinks`.
 struct Setup {
     h: Harness,
@@ -190,14 +204,10 @@ async fn metrics_and_api_follow_the_wire() {
         })
         .await;
         // The removal from the spool follows the sink's 250.
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(&m, "smarthost_queue_messages", &[]) == 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        let m = scrape_until(s.admin, |m| {
+            value(m, "smarthost_queue_messages", &[]) == 0.0
+        })
+        .await;
         assert_eq!(
             value(&m, "smarthost_messages_accepted_total", &[]),
             N as f64
@@ -359,14 +369,10 @@ async fn metrics_and_api_follow_the_wire() {
             eu.count() + us.count() >= total
         })
         .await;
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(&m, "smarthost_queue_messages", &[]) == 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        let m = scrape_until(s.admin, |m| {
+            value(m, "smarthost_queue_messages", &[]) == 0.0
+        })
+        .await;
         assert_eq!(
             value(&m, "smarthost_messages_accepted_total", &[]),
             total as f64
@@ -518,19 +524,14 @@ async fn metrics_and_recent_messages_survive_a_reload() {
         )
         .await;
         eventually("delivered", 20, || eu.count() == 2).await;
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(
-                &m,
+        let m = scrape_until(s.admin, |m| {
+            value(
+                m,
                 "smarthost_messages_delivered_total",
                 &[("upstream", "eu")],
             ) == 2.0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        })
+        .await;
         assert_eq!(value(&m, "smarthost_messages_accepted_total", &[]), 2.0);
         assert_eq!(
             value(

@@ -200,19 +200,8 @@ async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
                     if n % 3 == 0 {
                         to.push(format!("cc{n}@other.example"));
                     }
-                    let mut sent = Sent {
-                        body: message(
-                            &message_id,
-                            &from,
-                            "crash test",
-                            1000 + (t * 7 + n * 13) % 10 * 6000,
-                        ),
-                        message_id,
-                        from,
-                        to,
-                        fully_sent: false,
-                        queued_as: None,
-                    };
+                    let size = 1000 + (t * 7 + n * 13) % 10 * 6000;
+                    let mut sent = Sent::new(&message_id, &from, to, "crash test", size);
                     let r = send_message(&mut c, &mut sent, &in_data).await;
                     results.lock().unwrap().push(sent);
                     r.unwrap_or_else(|e| panic!("task {t} message {n}: {e}"));
@@ -264,14 +253,13 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
 
         // A session that stalls halfway through its content: never complete.
         let mut stalled = relay.tls(&h.ca).await;
-        let stalled_sent = Sent {
-            message_id: "stalled@crash.test".into(),
-            from: "stalled@tenant.example".into(),
-            to: vec!["rcpt@partner.example".into()],
-            body: message("stalled@crash.test", "stalled@tenant.example", "crash test", 300_000),
-            fully_sent: false,
-            queued_as: None,
-        };
+        let stalled_sent = Sent::new(
+            "stalled@crash.test",
+            "stalled@tenant.example",
+            vec!["rcpt@partner.example".into()],
+            "crash test",
+            300_000,
+        );
         stalled
             .cmd(&format!("MAIL FROM:<{}>", stalled_sent.from), "250")
             .await;
@@ -295,14 +283,9 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
                 for n in 0..40 {
                     let from = format!("b{t}@tenant.example");
                     let message_id = format!("b{t}-m{n}@crash.test");
-                    let mut sent = Sent {
-                        body: message(&message_id, &from, "crash test", 64_000 + (t * 31 + n * 17) % 8 * 40_000),
-                        message_id,
-                        from,
-                        to: vec![format!("r{n}@partner.example")],
-                        fully_sent: false,
-                        queued_as: None,
-                    };
+                    let size = 64_000 + (t * 31 + n * 17) % 8 * 40_000;
+                    let to = vec![format!("r{n}@partner.example")];
+                    let mut sent = Sent::new(&message_id, &from, to, "crash test", size);
                     let r = send_message(&mut c, &mut sent, &in_data[t]).await;
                     results.lock().unwrap().push(sent);
                     if r.is_err() {
@@ -405,14 +388,13 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let relay = Relay::start(&h).await;
             let mut c = relay.tls(&h.ca).await;
             let message_id = "calibration@crash.test".to_string();
-            let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
-                message_id,
-                from: "store@tenant.example".into(),
-                to: vec!["rcpt@partner.example".into()],
-                fully_sent: false,
-                queued_as: None,
-            };
+            let mut s = Sent::new(
+                &message_id,
+                "store@tenant.example",
+                vec!["rcpt@partner.example".into()],
+                "crash test",
+                STORE_SIZE,
+            );
             c.cmd(&format!("MAIL FROM:<{}>", s.from), "250").await;
             c.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
             c.cmd("DATA", "354").await;
@@ -434,14 +416,13 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let mut relay = Relay::start(&h).await;
             let mut c = relay.tls(&h.ca).await;
             let message_id = format!("store{i}@crash.test");
-            let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
-                message_id,
-                from: "store@tenant.example".into(),
-                to: vec!["rcpt@partner.example".into()],
-                fully_sent: false,
-                queued_as: None,
-            };
+            let mut s = Sent::new(
+                &message_id,
+                "store@tenant.example",
+                vec!["rcpt@partner.example".into()],
+                "crash test",
+                STORE_SIZE,
+            );
             c.cmd(&format!("MAIL FROM:<{}>", s.from), "250").await;
             c.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
             c.cmd("DATA", "354").await;

@@ -15,7 +15,7 @@ use support::binary::{Output, Relay, all_deferred, queue_list, run, sigkill};
 use support::client::{TlsClient, step};
 use support::deliveries::{Sent, check_deliveries, received, send_tracked};
 use support::harness::Harness;
-use support::message::{message, queue_id_of};
+use support::message::queue_id_of;
 use support::sink::{Sink, quick_retries_to, sidecar};
 use support::wait::{eventually, within};
 
@@ -54,14 +54,7 @@ async fn send_burst(
                 }
                 to.extend((0..extra_rcpts).map(|k| format!("x{k}-{n}@partner.example")));
                 let size = 2_000 + (t * 7 + n * 13) % 10 * 30_000;
-                let mut sent = Sent {
-                    body: message(&message_id, &from, "delivery crash test", size),
-                    message_id,
-                    from,
-                    to,
-                    fully_sent: false,
-                    queued_as: None,
-                };
+                let mut sent = Sent::new(&message_id, &from, to, "delivery crash test", size);
                 let r = send_message(&mut c, &mut sent).await;
                 results.lock().unwrap().push(sent);
                 if r.is_err() {

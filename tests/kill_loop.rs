@@ -34,7 +34,7 @@ use support::binary::{Proc, Relay};
 use support::client::{Client, TlsClient, step};
 use support::deliveries::{Sent, check_deliveries, received, send_tracked};
 use support::harness::Harness;
-use support::message::{message, message_id_in, queue_id_of, strip_received};
+use support::message::{message_id_in, queue_id_of, strip_received};
 use support::sink::{Sink, quick_retries_to};
 use support::wait::{eventually, within};
 use tokio::net::TcpStream;
@@ -140,14 +140,7 @@ async fn sender(t: usize, seed: u64, shared: Arc<Shared>, tls: Arc<rustls::Clien
                 rng.random_range(300..6_000)
             };
             let mut a = Attempt {
-                sent: Sent {
-                    body: message(&message_id, &from, "kill loop", size),
-                    message_id,
-                    from,
-                    to,
-                    fully_sent: false,
-                    queued_as: None,
-                },
+                sent: Sent::new(&message_id, &from, to, "kill loop", size),
                 final_reply: None,
             };
             let r = send_one(&mut c, &mut a).await;

@@ -364,7 +364,12 @@ struct Received {
 }
 
 impl Aiosmtpd {
-    async fn start(port: u16, cert: &Path, key: &Path) -> Aiosmtpd {
+    /// On `port`, with the harness's server certificate.
+    async fn start(port: u16, h: &Harness) -> Aiosmtpd {
+        let (cert, key) = (
+            h.dir.path().join("server.crt"),
+            h.dir.path().join("server.key"),
+        );
         let python = python_with_aiosmtpd();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(&python)
@@ -374,9 +379,9 @@ impl Aiosmtpd {
             .arg("--dir")
             .arg(dir.path())
             .arg("--cert")
-            .arg(cert)
+            .arg(&cert)
             .arg("--key")
-            .arg(key)
+            .arg(&key)
             .args(["--max-seconds", "180"])
             // Its stdin closing (this test gone) stops it too.
             .stdin(Stdio::piped())
@@ -428,12 +433,7 @@ async fn aiosmtpd_over_verified_starttls_gets_the_spooled_bytes_and_envelope() {
     let (_, spooled) = h.spooled().into_iter().next().unwrap();
     assert_eq!(strip_received(&spooled), m.as_slice());
 
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     eventually("delivery to aiosmtpd", 30, || up.received().len() == 1).await;
     eventually("an empty queue", 30, || h.spool_files() == 0).await;
     let got = &up.received()[0];
@@ -469,12 +469,7 @@ async fn aiosmtpd_with_a_name_its_certificate_lacks_gets_nothing() {
         "{FAST_RETRY}{}",
         upstream(port, Some("not-in-the-certificate.test"))
     ));
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     let relay = h.start().await;
     submit(&relay, &h, &[TO], &[message("unverified")]).await;
     let (reply, _) = wait_deferred(&h, "deferral: the certificate does not verify").await;
@@ -498,12 +493,7 @@ async fn aiosmtpd_receives_quoted_local_parts_as_sent_and_nothing_is_lost() {
         "{FAST_RETRY}{}",
         upstream(port, Some("localhost"))
     ));
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
     let from = "\"john smith\"@tenant.example";

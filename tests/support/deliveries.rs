@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::client::{Client, Reply, step};
-use super::message::{message_id_in, strip_received};
+use super::message::{message, message_id_in, strip_received};
 use super::sink::{Sink, sidecar};
 
 /// One message a client tried to send.
@@ -22,6 +22,20 @@ pub struct Sent {
     pub fully_sent: bool,
     /// The queue id from `250 2.0.0 ... queued as <id>`.
     pub queued_as: Option<String>,
+}
+
+impl Sent {
+    /// `message` of about `size` bytes from `from` to `to`, not sent yet.
+    pub fn new(message_id: &str, from: &str, to: Vec<String>, subject: &str, size: usize) -> Sent {
+        Sent {
+            message_id: message_id.to_owned(),
+            from: from.to_owned(),
+            to,
+            body: message(message_id, from, subject, size),
+            fully_sent: false,
+            queued_as: None,
+        }
+    }
 }
 
 /// Sends `sent` as one transaction, an error (not a panic) when the relay
