@@ -1,7 +1,7 @@
 //! Hostile and broken upstreams, end to end through the queue: the real
 //! `smarthost serve` accepts a message and delivers it to a faulty upstream
-//! (the scripted fake, tests/fake_upstream) and, where the failover rules
-//! say so, to a good one. For each fault: what the queue does (failover in
+//! (the scripted fake, tests/support/fake_upstream.rs) and, where the
+//! failover rules say so, to a good one. For each fault: what the queue does (failover in
 //! the same attempt, or deferred with the reply recorded and retried), that
 //! it is logged, that the relay neither crashes nor buffers without bound.
 //! tests/upstream_client.rs covers the same faults at the client level.
