@@ -14,21 +14,28 @@
 //! rounds, each target stops a round after 8 s, each reply waits at most 10 s.
 //! Traffic goes to 127.0.0.1 only.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::error::Error;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
-use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rustls::pki_types::{CertificateDer, ServerName};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use support::client::Client;
+use support::harness::{Harness, PLAIN_LISTENER};
+use support::message::message_of_size;
+use support::pki::TestCa;
+use support::smtp_sink::SmtpSink;
+use support::wait::free_port;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::task::JoinSet;
-use tokio_util::sync::CancellationToken;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 type Res<T> = Result<T, BoxError>;
@@ -46,143 +53,49 @@ const WARMUP: usize = 20;
 const TARGET_ROUND_LIMIT: Duration = Duration::from_secs(8);
 /// No new round starts after this long.
 const TOTAL_LIMIT: Duration = Duration::from_secs(100);
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-const HOSTNAME: &str = "relay.bench";
 
 // ---------------------------------------------------------------------------
-// A minimal SMTP client (same code for smarthost and smtp-sink).
+// The tests' SMTP client, the same for smarthost and smtp-sink; a failure
+// panics, which ends that target's round (its task) and drops it.
 
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-struct Client {
-    stream: Box<dyn Stream>,
-    buf: Vec<u8>,
-}
+/// Plain or STARTTLS connections in one list.
+type BenchClient = Client<Box<dyn Stream>>;
 
-impl Client {
-    /// Connects, reads the banner, says EHLO.
-    async fn connect(addr: SocketAddr) -> Res<Client> {
-        let tcp = tokio::time::timeout(IO_TIMEOUT, TcpStream::connect(addr))
-            .await
-            .map_err(|_| "connect timed out")??;
-        tcp.set_nodelay(true)?;
-        let mut c = Client {
-            stream: Box::new(tcp),
-            buf: Vec::new(),
-        };
-        c.expect(220).await?;
-        c.cmd("EHLO client.bench", 250).await?;
-        Ok(c)
-    }
-
-    /// STARTTLS, the handshake, EHLO again.
-    async fn starttls(mut self, config: Arc<rustls::ClientConfig>) -> Res<Client> {
-        self.cmd("STARTTLS", 220).await?;
-        if !self.buf.is_empty() {
-            return Err("bytes after the STARTTLS reply".into());
-        }
-        let connector = tokio_rustls::TlsConnector::from(config);
-        let name = ServerName::try_from("localhost")?;
-        let tls = tokio::time::timeout(IO_TIMEOUT, connector.connect(name, self.stream))
-            .await
-            .map_err(|_| "TLS handshake timed out")??;
-        let mut c = Client {
-            stream: Box::new(tls),
-            buf: Vec::new(),
-        };
-        c.cmd("EHLO client.bench", 250).await?;
-        Ok(c)
-    }
-
-    async fn send(&mut self, bytes: &[u8]) -> Res<()> {
-        tokio::time::timeout(IO_TIMEOUT, async {
-            self.stream.write_all(bytes).await?;
-            self.stream.flush().await
-        })
-        .await
-        .map_err(|_| "write timed out")??;
-        Ok(())
-    }
-
-    /// One complete reply: its code and last line.
-    async fn reply(&mut self) -> Res<(u16, String)> {
-        loop {
-            while let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = self.buf.drain(..=nl).collect();
-                let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-                if line.as_bytes().get(3) != Some(&b'-') {
-                    let code = line
-                        .get(..3)
-                        .and_then(|c| c.parse().ok())
-                        .ok_or_else(|| format!("bad reply line {line:?}"))?;
-                    return Ok((code, line));
-                }
-            }
-            if self.buf.len() > 64 * 1024 {
-                return Err("reply too long".into());
-            }
-            let mut chunk = [0u8; 4096];
-            let n = tokio::time::timeout(IO_TIMEOUT, self.stream.read(&mut chunk))
-                .await
-                .map_err(|_| "no reply within 10 s")??;
-            if n == 0 {
-                return Err("connection closed".into());
-            }
-            self.buf.extend_from_slice(&chunk[..n]);
-        }
-    }
-
-    async fn expect(&mut self, code: u16) -> Res<()> {
-        let (got, line) = self.reply().await?;
-        if got != code {
-            return Err(format!("expected {code}, got {line:?}").into());
-        }
-        Ok(())
-    }
-
-    async fn cmd(&mut self, line: &str, code: u16) -> Res<()> {
-        self.send(format!("{line}\r\n").as_bytes()).await?;
-        self.expect(code).await
-    }
-
-    /// Sends one message; returns the time from the final `\r\n.\r\n` to the 250.
-    async fn message(&mut self, body: &[u8]) -> Res<Duration> {
-        self.cmd("MAIL FROM:<sender@bench.example>", 250).await?;
-        self.cmd("RCPT TO:<rcpt@dest.example>", 250).await?;
-        self.cmd("DATA", 354).await?;
-        // The body ends in CRLF; that CRLF goes out with the terminating dot.
-        self.send(&body[..body.len() - 2]).await?;
-        let start = Instant::now();
-        self.send(b"\r\n.\r\n").await?;
-        self.expect(250).await?;
-        Ok(start.elapsed())
-    }
-
-    async fn quit(mut self) {
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            let _ = self.cmd("QUIT", 221).await;
-        })
-        .await;
+/// Connects, reads the banner, says EHLO; with `ca`, STARTTLS and EHLO again.
+async fn open(addr: SocketAddr, ca: Option<&TestCa>) -> BenchClient {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.set_nodelay(true).unwrap();
+    let mut c: BenchClient = Client::new(Box::new(tcp));
+    c.hello().await;
+    match ca {
+        None => c,
+        Some(ca) => Client::new(Box::new(c.starttls(ca).await.stream)),
     }
 }
 
-/// `size` bytes of CRLF lines (no line starts with a dot).
-fn message_of_size(size: usize) -> Vec<u8> {
-    let mut m = b"From: <sender@bench.example>\r\nTo: <rcpt@dest.example>\r\nSubject: bench\r\nMessage-ID: <x@bench.example>\r\n\r\n".to_vec();
-    let line = b"0123456789abcdefghijklmnopqrstuvwxyz0123456789abcdefghijklmnopqrstuvwxyz\r\n";
-    while m.len() < size {
-        let take = (size - m.len()).min(line.len());
-        if take < 3 {
-            // Pad the previous line instead of writing a too-short one.
-            let pad = size - m.len();
-            let at = m.len() - 2;
-            m.splice(at..at, std::iter::repeat_n(b'x', pad));
-            break;
+/// Sends one message; returns the time from the final `\r\n.\r\n` to the 250.
+async fn timed_message(c: &mut BenchClient, body: &[u8]) -> Duration {
+    c.cmd("MAIL FROM:<sender@bench.example>", "250").await;
+    c.cmd("RCPT TO:<rcpt@dest.example>", "250").await;
+    c.cmd("DATA", "354").await;
+    // The body ends in CRLF; that CRLF goes out with the terminating dot.
+    c.send(&body[..body.len() - 2]).await;
+    let start = Instant::now();
+    c.send(b"\r\n.\r\n").await;
+    c.expect("250").await;
+    start.elapsed()
+}
+
+async fn quit(mut c: BenchClient) {
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        if c.try_send("QUIT\r\n").await {
+            c.try_reply().await;
         }
-        m.extend_from_slice(&line[line.len() - take..]);
-    }
-    m
+    })
+    .await;
 }
 
 // ---------------------------------------------------------------------------
@@ -298,7 +211,7 @@ enum Role {
 
 enum Kind {
     Floor { threads: usize, grouped: bool },
-    Net { clients: Vec<Client> },
+    Net { clients: Vec<BenchClient> },
     Broken,
 }
 
@@ -354,11 +267,11 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 
 /// Runs `per_conn` messages on each client concurrently.
 async fn net_round(
-    clients: Vec<Client>,
+    clients: Vec<BenchClient>,
     per_conn: usize,
     body: Arc<Vec<u8>>,
     deadline: Instant,
-) -> Res<(Vec<Client>, Vec<Duration>, Duration)> {
+) -> Res<(Vec<BenchClient>, Vec<Duration>, Duration)> {
     let start = Instant::now();
     let mut set = JoinSet::new();
     for (i, mut c) in clients.into_iter().enumerate() {
@@ -369,17 +282,15 @@ async fn net_round(
                 if Instant::now() >= deadline {
                     break;
                 }
-                match c.message(&body).await {
-                    Ok(d) => lat.push(d),
-                    Err(e) => return Err(e),
-                }
+                lat.push(timed_message(&mut c, &body).await);
             }
-            Ok((i, c, lat))
+            (i, c, lat)
         });
     }
     let mut done = Vec::new();
     while let Some(r) = set.join_next().await {
-        done.push(r??);
+        // A client that panicked (no reply, a refusal) fails the round.
+        done.push(r?);
     }
     let wall = start.elapsed();
     done.sort_by_key(|(i, _, _)| *i);
@@ -393,115 +304,7 @@ async fn net_round(
 }
 
 // ---------------------------------------------------------------------------
-// Setup: TLS material, the relay, smtp-sink, the filesystem.
-
-struct Pki {
-    ca_der: CertificateDer<'static>,
-    chain_pem: String,
-    key_pem: String,
-}
-
-fn make_pki() -> Res<Pki> {
-    let ca_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "smarthost bench CA");
-    let ca = params.self_signed(&ca_key)?;
-    let issuer = rcgen::Issuer::new(params, ca_key);
-    let leaf_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-    let mut leaf = rcgen::CertificateParams::new(vec![
-        "localhost".into(),
-        "127.0.0.1".into(),
-        HOSTNAME.into(),
-    ])?;
-    leaf.distinguished_name
-        .push(rcgen::DnType::CommonName, HOSTNAME);
-    let leaf = leaf.signed_by(&leaf_key, &issuer)?;
-    Ok(Pki {
-        ca_der: ca.der().clone(),
-        chain_pem: format!("{}{}", leaf.pem(), ca.pem()),
-        key_pem: leaf_key.serialize_pem(),
-    })
-}
-
-fn client_tls(pki: &Pki) -> Res<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca_der.clone())?;
-    Ok(Arc::new(
-        rustls::ClientConfig::builder_with_provider(smarthost::tls::provider())
-            .with_safe_default_protocol_versions()?
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    ))
-}
-
-/// smtp-sink on a free loopback port; killed when dropped.
-struct Sink {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Sink {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_smtp_sink() -> Option<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect())
-        .unwrap_or_default();
-    dirs.extend(["/usr/sbin", "/usr/bin", "/sbin"].map(PathBuf::from));
-    dirs.into_iter()
-        .map(|d| d.join("smtp-sink"))
-        .find(|p| p.is_file())
-}
-
-fn start_sink(path: &Path) -> Res<Sink> {
-    // A free port: bind port 0, note it, release it for smtp-sink.
-    let port = StdTcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-    let mut cmd = Command::new(path);
-    // As root, smtp-sink insists on dropping privileges.
-    if is_root() {
-        cmd.args(["-u", "nobody"]);
-    }
-    let child = cmd
-        .arg(format!("127.0.0.1:{port}"))
-        .arg("64")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut sink = Sink { child, addr };
-    let until = Instant::now() + Duration::from_secs(3);
-    loop {
-        if std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
-            return Ok(sink);
-        }
-        if let Some(status) = sink.child.try_wait()? {
-            return Err(format!("smtp-sink exited: {status}").into());
-        }
-        if Instant::now() >= until {
-            return Err("smtp-sink did not listen within 3 s".into());
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-fn is_root() -> bool {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
-}
+// Setup: the filesystem.
 
 /// The filesystem holding `path`: (type, device) from /proc/mounts, and
 /// what `stat -f` says.
@@ -591,79 +394,54 @@ fn main() -> Res<()> {
         );
     }
 
-    // The relay, in-process on its own multi-threaded runtime.
-    let pki = make_pki()?;
-    fs::write(dir.path().join("server.crt"), &pki.chain_pem)?;
-    fs::write(dir.path().join("server.key"), &pki.key_pem)?;
-    let config_path = dir.path().join("smarthost.toml");
-    fs::write(
-        &config_path,
-        format!(
-            "hostname = \"{HOSTNAME}\"\n\n[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n\n[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n\n[access]\nrelay_networks = [\"127.0.0.0/8\"]\n\n[queue]\npath = \"spool\"\n"
-        ),
-    )?;
-    let config = smarthost::Config::load(&config_path).map_err(|e| e.to_string())?;
-    let spool_msg = config.queue.path.join("msg");
+    // The relay, in-process on its own multi-threaded runtime (its tasks
+    // spawned there), its spool in `dir`.
+    let h = Harness::in_dir(dir, PLAIN_LISTENER, "");
+    let spool_msg = h.spool_dir().join("msg");
     let server_rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("relay")
         .build()?;
-    let listeners = server_rt.block_on(smarthost::bind(&config))?;
-    let relay_addr = listeners[0].0.local_addr()?;
-    let (ctx, arrivals) = smarthost::ServerContext::new(config)?;
-    let shutdown = CancellationToken::new();
-    let served = server_rt.spawn(smarthost::serve(listeners, ctx, arrivals, shutdown.clone()));
-
-    let sink = match find_smtp_sink() {
-        None => {
-            println!(
-                "NOTE: smtp-sink not found (Debian package `postfix`): the smtp-sink reference is skipped"
-            );
-            None
-        }
-        Some(path) => match start_sink(&path) {
-            Ok(s) => Some(s),
-            Err(e) => {
-                println!("NOTE: smtp-sink did not start ({e}): the smtp-sink reference is skipped");
-                None
-            }
-        },
-    };
+    let relay = server_rt.block_on(h.start());
+    let relay_addr = relay.addr();
 
     // The client side: one thread, its own runtime.
     let client_rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    let sink = match client_rt.block_on(SmtpSink::start_bare(free_port())) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            println!("NOTE: no smtp-sink ({e}): the smtp-sink reference is skipped");
+            None
+        }
+    };
     let body = Arc::new(message_of_size(MESSAGE_SIZE));
     assert!(body.len() == MESSAGE_SIZE && body.ends_with(b"\r\n"));
-    let tls = client_tls(&pki)?;
-    let connect = |addr: SocketAddr, n: usize, tls: Option<Arc<rustls::ClientConfig>>| {
+    let connect = |addr: SocketAddr, n: usize, tls: bool| {
         let body = body.clone();
-        client_rt.block_on(async move {
+        client_rt.block_on(async {
             let mut clients = Vec::new();
             for _ in 0..n {
-                let mut c = Client::connect(addr).await?;
-                if let Some(tls) = &tls {
-                    c = c.starttls(tls.clone()).await?;
-                }
+                let mut c = open(addr, tls.then_some(&h.ca)).await;
                 for _ in 0..WARMUP {
-                    c.message(&body).await?;
+                    timed_message(&mut c, &body).await;
                 }
                 clients.push(c);
             }
-            Res::Ok(clients)
+            clients
         })
     };
 
     let mut targets = Vec::new();
-    let relay_plain = connect(relay_addr, 1, None)?;
+    let relay_plain = connect(relay_addr, 1, false);
     // Size the floor's files like the relay's own (Received header, JSON).
     let (eml_len, json_len) = spooled_sizes(&spool_msg).unwrap_or((MESSAGE_SIZE + 200, 600));
     println!(
         "message {MESSAGE_SIZE} B; relay stores {eml_len} B .eml + {json_len} B .json; [limits] defaults; \
          {ROUNDS} rounds x ({MSGS_SINGLE} msgs on 1 conn | {CONNS} conns x {MSGS_PER_CONN} msgs)"
     );
-    let floor = Floor::new(&dir.path().join("floor"), eml_len, json_len)?;
+    let floor = Floor::new(&h.dir.path().join("floor"), eml_len, json_len)?;
     for _ in 0..WARMUP {
         floor.store(false)?;
     }
@@ -698,7 +476,7 @@ fn main() -> Res<()> {
         1,
         Role::Relay,
         Kind::Net {
-            clients: connect(relay_addr, 1, Some(tls.clone()))?,
+            clients: connect(relay_addr, 1, true),
         },
     );
     if let Some(s) = &sink {
@@ -707,7 +485,7 @@ fn main() -> Res<()> {
             1,
             Role::Sink,
             Kind::Net {
-                clients: connect(s.addr, 1, None)?,
+                clients: connect(s.addr(), 1, false),
             },
         );
     }
@@ -734,7 +512,7 @@ fn main() -> Res<()> {
         CONNS,
         Role::Relay,
         Kind::Net {
-            clients: connect(relay_addr, CONNS, None)?,
+            clients: connect(relay_addr, CONNS, false),
         },
     );
     add(
@@ -742,7 +520,7 @@ fn main() -> Res<()> {
         CONNS,
         Role::Relay,
         Kind::Net {
-            clients: connect(relay_addr, CONNS, Some(tls.clone()))?,
+            clients: connect(relay_addr, CONNS, true),
         },
     );
     if let Some(s) = &sink {
@@ -751,7 +529,7 @@ fn main() -> Res<()> {
             CONNS,
             Role::Sink,
             Kind::Net {
-                clients: connect(s.addr, CONNS, None)?,
+                clients: connect(s.addr(), CONNS, false),
             },
         );
     }
@@ -827,14 +605,14 @@ fn main() -> Res<()> {
         if let Kind::Net { clients } = std::mem::replace(&mut t.kind, Kind::Broken) {
             client_rt.block_on(async {
                 for c in clients {
-                    c.quit().await;
+                    quit(c).await;
                 }
             });
         }
     }
-    shutdown.cancel();
-    let stopped =
-        server_rt.block_on(async { tokio::time::timeout(Duration::from_secs(10), served).await });
+    relay.shutdown.cancel();
+    let stopped = server_rt
+        .block_on(async { tokio::time::timeout(Duration::from_secs(10), relay.task).await });
     if stopped.is_err() {
         println!("NOTE: the relay did not stop within 10 s");
     }

@@ -16,27 +16,24 @@
 //! - `SMARTHOST_ABUSE_CLIENTS=2000` holds that many clients open in DATA
 //!   (default 200).
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
+use support::auth::auth_plain;
+use support::binary::{Relay, run_with_stdin, status_kib};
+use support::client::{Client, Reply, TlsClient, connect_from, send_data, tls_session};
+use support::harness::Harness;
+use support::message::{message, strip_received};
+use support::pki::TestCa;
+use support::wait::within;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 const MIB: usize = 1 << 20;
-
-/// A plaintext listener (TLS offered, not required) and `limits` under [limits].
-fn harness(limits: &str) -> Harness {
-    Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        &format!("[limits]\n{limits}\n"),
-    )
-}
 
 /// Seconds for command_timeout and data_timeout in the slow-client cases.
 fn slow_timeout() -> u64 {
@@ -73,18 +70,9 @@ struct Mem {
 }
 
 fn mem(pid: i32) -> Mem {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| -> u64 {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or_else(|| panic!("no {name} in /proc/{pid}/status"))
-    };
     Mem {
-        rss: field("VmRSS:"),
-        hwm: field("VmHWM:"),
+        rss: status_kib(pid, "VmRSS"),
+        hwm: status_kib(pid, "VmHWM"),
     }
 }
 
@@ -167,14 +155,6 @@ fn split(
     (Client::new(tokio::io::join(rd, tokio::io::sink())), wr)
 }
 
-async fn connect_from(ip: &str, port: u16) -> std::io::Result<TcpStream> {
-    let socket = TcpSocket::new_v4()?;
-    socket.bind(format!("{ip}:0").parse().unwrap())?;
-    socket
-        .connect(SocketAddr::from(([127, 0, 0, 1], port)))
-        .await
-}
-
 /// The first reply on a fresh connection ("220 ...", "421 4.7.0 ...").
 async fn first_line(s: &mut TcpStream) -> String {
     let mut buf = Vec::new();
@@ -224,7 +204,7 @@ async fn write_filler<W: tokio::io::AsyncWrite + Unpin>(w: &mut W, total: usize,
 /// the next line is a command again.
 #[tokio::test]
 async fn ten_mib_command_line_is_one_500_and_memory_stays_flat() {
-    let h = harness("max_message_size = 1048576");
+    let h = Harness::plain_limits("max_message_size = 1048576");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10MiB command line", &relay);
     within(60, async {
@@ -250,7 +230,7 @@ async fn ten_mib_command_line_is_one_500_and_memory_stays_flat() {
 /// it, bytes are counted and dropped, the body is read to its end, then 552.
 #[tokio::test]
 async fn ten_mib_without_newline_in_data_is_552_after_the_dot() {
-    let h = harness("max_message_size = 1048576");
+    let h = Harness::plain_limits("max_message_size = 1048576");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10MiB no newline in DATA (limit 1 MiB)", &relay);
     within(60, async {
@@ -277,7 +257,7 @@ async fn ten_mib_without_newline_in_data_is_552_after_the_dot() {
 /// The same in one BDAT chunk: read to its announced end (RFC 3030 §2), 552.
 #[tokio::test]
 async fn ten_mib_bdat_chunk_over_the_limit_is_552_and_in_sync() {
-    let h = harness("max_message_size = 1048576");
+    let h = Harness::plain_limits("max_message_size = 1048576");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10MiB BDAT chunk (limit 1 MiB)", &relay);
     within(60, async {
@@ -307,7 +287,7 @@ async fn ten_mib_bdat_chunk_over_the_limit_is_552_and_in_sync() {
 /// the figure is what one message in flight costs (it streams to disk).
 #[tokio::test]
 async fn ten_mib_single_line_body_under_the_limit_is_spooled() {
-    let h = harness("max_message_size = 16777216");
+    let h = Harness::plain_limits("max_message_size = 16777216");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10MiB one-line body accepted (limit 16 MiB)", &relay);
     within(60, async {
@@ -342,7 +322,7 @@ async fn ten_mib_single_line_body_under_the_limit_is_spooled() {
 async fn three_parallel_40mb_messages_over_starttls_stream_to_disk() {
     const CLIENTS: usize = 3;
     const SIZE: usize = 40_000_000;
-    let h = harness(
+    let h = Harness::plain_limits(
         "max_message_size = 67108864
 data_timeout = \"2m\"",
     );
@@ -444,7 +424,7 @@ async fn trickle_until_reply(
 #[tokio::test]
 async fn slowloris_command_is_cut_at_the_command_deadline() {
     let t = slow_timeout();
-    let h = harness(&format!(
+    let h = Harness::plain_limits(&format!(
         "command_timeout = \"{t}s\"\ndata_timeout = \"{t}s\""
     ));
     let relay = Relay::start(&h).await;
@@ -476,7 +456,7 @@ async fn slowloris_command_is_cut_at_the_command_deadline() {
 #[tokio::test]
 async fn slowloris_data_is_cut_at_the_content_deadline() {
     let t = slow_timeout();
-    let h = harness(&format!(
+    let h = Harness::plain_limits(&format!(
         "command_timeout = \"{t}s\"\ndata_timeout = \"{t}s\""
     ));
     let relay = Relay::start(&h).await;
@@ -510,7 +490,7 @@ async fn slowloris_data_is_cut_at_the_content_deadline() {
 #[tokio::test]
 async fn slowloris_bdat_is_cut_at_the_content_deadline() {
     let t = slow_timeout();
-    let h = harness(&format!(
+    let h = Harness::plain_limits(&format!(
         "command_timeout = \"{t}s\"\ndata_timeout = \"{t}s\""
     ));
     let relay = Relay::start(&h).await;
@@ -542,7 +522,7 @@ async fn slowloris_bdat_is_cut_at_the_content_deadline() {
 /// then spools one message for the 1000 accepted.
 #[tokio::test]
 async fn thousand_recipients_then_452_and_one_message() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("1001 RCPT (default max_recipients)", &relay);
     within(60, async {
@@ -584,7 +564,7 @@ async fn open_until_refused(
     let mut open = Vec::new();
     for i in 0..cap + 5 {
         let ip = ips[(i / per_ip).min(ips.len() - 1)];
-        let mut s = connect_from(ip, port).await.unwrap();
+        let mut s = connect_from(ip, port).await.stream;
         let line = first_line(&mut s).await;
         if line.starts_with("220") {
             open.push(s);
@@ -600,7 +580,7 @@ async fn open_until_refused(
 async fn served_again(port: u16, ip: &str) -> TcpStream {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let mut s = connect_from(ip, port).await.unwrap();
+        let mut s = connect_from(ip, port).await.stream;
         let line = first_line(&mut s).await;
         if line.starts_with("220") {
             return s;
@@ -613,7 +593,7 @@ async fn served_again(port: u16, ip: &str) -> TcpStream {
 #[tokio::test]
 async fn connections_from_one_address_stop_at_the_per_ip_cap() {
     raise_fd_limit();
-    let h = harness("max_connections = 50\nmax_connections_per_ip = 20");
+    let h = Harness::plain_limits("max_connections = 50\nmax_connections_per_ip = 20");
     let relay = Relay::start(&h).await;
     let w = Watch::start("connections from one address (cap 20)", &relay);
     within(60, async {
@@ -623,7 +603,7 @@ async fn connections_from_one_address_stop_at_the_per_ip_cap() {
         assert!(line.starts_with("421 4.7.0"), "{line}");
         assert!(closes_within(&mut s, Duration::from_secs(10)).await);
         // Another address is not affected.
-        let mut other = connect_from("127.0.0.2", relay.port).await.unwrap();
+        let mut other = connect_from("127.0.0.2", relay.port).await.stream;
         assert!(first_line(&mut other).await.starts_with("220"));
         eprintln!("20 open sessions: RSS {:.1} MiB", mib(mem(relay.pid()).rss));
         // One leaves; a new client from the same address is served.
@@ -639,7 +619,7 @@ async fn connections_from_one_address_stop_at_the_per_ip_cap() {
 #[tokio::test]
 async fn connections_from_many_addresses_stop_at_the_global_cap() {
     raise_fd_limit();
-    let h = harness("max_connections = 50\nmax_connections_per_ip = 20");
+    let h = Harness::plain_limits("max_connections = 50\nmax_connections_per_ip = 20");
     let relay = Relay::start(&h).await;
     let w = Watch::start("connections from many addresses (cap 50)", &relay);
     within(60, async {
@@ -671,7 +651,7 @@ async fn connections_from_many_addresses_stop_at_the_global_cap() {
 async fn clients_that_never_read_cannot_grow_our_memory() {
     raise_fd_limit();
     let t = 2;
-    let h = harness(&format!(
+    let h = Harness::plain_limits(&format!(
         "command_timeout = \"{t}s\"\nmax_connections_per_ip = 1000"
     ));
     let relay = Relay::start(&h).await;
@@ -746,7 +726,7 @@ const JUNK_BEFORE_CLOSE: usize = smarthost::session::JUNK_COMMAND_LIMIT as usize
 /// never looked at, and memory stays bounded by one read's worth of replies.
 #[tokio::test]
 async fn hundred_thousand_pipelined_noops_end_at_the_junk_limit() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("100k pipelined NOOP", &relay);
     let n = 100_000;
@@ -774,7 +754,7 @@ async fn hundred_thousand_pipelined_noops_end_at_the_junk_limit() {
 /// delivers mail is never cut off for its RSETs and NOOPs.
 #[tokio::test]
 async fn junk_commands_between_messages_are_not_counted_against_a_working_session() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let limit = smarthost::session::JUNK_COMMAND_LIMIT as usize;
     within(60, async {
@@ -804,7 +784,7 @@ async fn junk_commands_between_messages_are_not_counted_against_a_working_sessio
 /// 110th group's RSET gets `421 4.7.0`; nothing is spooled.
 #[tokio::test]
 async fn pipelined_transactions_without_data_end_at_the_junk_limit() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("10k MAIL/RCPT/RSET", &relay);
     let n = 10_000;
@@ -833,7 +813,7 @@ async fn pipelined_transactions_without_data_end_at_the_junk_limit() {
 /// `421 4.7.0` and the close; the junk after that is never looked at.
 #[tokio::test]
 async fn pipelined_junk_hits_max_errors_then_421_and_close() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("pipelined junk", &relay);
     within(30, async {
@@ -856,7 +836,7 @@ async fn pipelined_junk_hits_max_errors_then_421_and_close() {
 /// BDAT's bytes are its chunk whether it is accepted or refused.
 #[tokio::test]
 async fn content_pipelined_before_the_354_is_content() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("content before 354", &relay);
     within(30, async {
@@ -896,7 +876,7 @@ async fn content_pipelined_before_the_354_is_content() {
 /// and nothing is spooled.
 #[tokio::test]
 async fn content_pipelined_after_a_refused_data_is_read_as_commands() {
-    let h = harness("");
+    let h = Harness::plain_limits("");
     let relay = Relay::start(&h).await;
     let w = Watch::start("content after refused DATA", &relay);
     within(30, async {
@@ -938,7 +918,7 @@ async fn many_clients_holding_data_open() {
         (n as u64) * 2 + 100 < limit,
         "RLIMIT_NOFILE {limit} is too low for {n} clients"
     );
-    let h = harness(&format!(
+    let h = Harness::plain_limits(&format!(
         "max_connections = {}\nmax_connections_per_ip = {}",
         n + 10,
         n + 10
@@ -994,14 +974,14 @@ fn auth_harness(limits: &str) -> Harness {
     assert!(out.status.success(), "{}", out.stderr);
     let hash = out.stdout.trim();
     assert!(hash.contains("m=19456"), "{hash}");
-    harness(&format!(
+    Harness::plain_limits(&format!(
         "{limits}\n\n[[user]]\nname = \"exchange01\"\npassword_hash = \"{hash}\"\n"
     ))
 }
 
 /// A session from `ip`: banner, EHLO, STARTTLS, EHLO inside TLS.
 async fn tls_from(ip: &str, relay: &Relay, ca: &TestCa) -> TlsClient {
-    let s = connect_from(ip, relay.port).await.unwrap();
+    let s = connect_from(ip, relay.port).await.stream;
     tls_session(Client::new(s), ca).await
 }
 

@@ -1,22 +1,19 @@
 //! Who may relay: allow-lists from several source addresses, SMTP AUTH as
 //! Exchange speaks it, sender rules, per-address limits and PROXY headers.
 
-mod common;
+mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use common::*;
+use support::auth::{auth_plain, base64, hash};
+use support::client::{connect_from, send_data, tls_session};
+use support::harness::Harness;
+use support::pki::HOSTNAME;
 use tokio::io::AsyncWriteExt;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 const PASSWORD: &str = "correct horse battery staple";
-
-fn b64(s: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(s)
-}
 
 /// A relay where only 127.0.0.2 and ::1 may relay unauthenticated, with two
 /// users: `exchange01` (any sender) and `tenant-a` (only tenant-a.example).
@@ -45,8 +42,8 @@ async fn exchange_basic_auth_transcript_relays_from_anywhere() {
     );
     // Exchange's "Basic authentication": AUTH LOGIN, username, password.
     c.cmd("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
-    c.cmd(&b64("exchange01"), "334 UGFzc3dvcmQ6").await;
-    c.cmd(&b64(PASSWORD), "235 2.7.0").await;
+    c.cmd(&base64("exchange01"), "334 UGFzc3dvcmQ6").await;
+    c.cmd(&base64(PASSWORD), "235 2.7.0").await;
     c.cmd("AUTH LOGIN", "503 5.5.1").await;
     let r = send_data(&mut c, FROM, &[TO], b"Subject: authenticated\r\n\r\nx\r\n").await;
     assert_eq!(r.status(), "250 2.0.0");
@@ -67,7 +64,7 @@ async fn auth_plain_with_and_without_initial_response() {
     let mut c = tls_session(c, &h.ca).await;
     c.cmd("AUTH PLAIN", "334").await;
     c.cmd(
-        &b64(&format!("exchange01\0exchange01\0{PASSWORD}")),
+        &base64(&format!("exchange01\0exchange01\0{PASSWORD}")),
         "235 2.7.0",
     )
     .await;
@@ -77,7 +74,7 @@ async fn auth_plain_with_and_without_initial_response() {
     c.cmd(
         &format!(
             "AUTH PLAIN {}",
-            b64(&format!("tenant-a\0exchange01\0{PASSWORD}"))
+            base64(&format!("tenant-a\0exchange01\0{PASSWORD}"))
         ),
         "535 5.7.8",
     )
@@ -110,11 +107,10 @@ async fn auth_protocol_errors() {
 #[tokio::test]
 async fn auth_before_tls_on_an_optional_tls_listener_is_538() {
     let h = auth_harness("");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+    h.edit_config(
         "tls = \"starttls\"\n",
         "tls = \"starttls\"\nrequire_tls = false\n",
     );
-    std::fs::write(&h.config_path, text).unwrap();
     let ctx = h.context();
     let mut c = h.session(&ctx, "198.51.100.31:1");
     let ehlo = c.hello().await;
@@ -140,11 +136,11 @@ async fn wrong_password_and_unknown_user_look_alike_then_421() {
     let c = h.session(&ctx, "198.51.100.40:1");
     let mut c = tls_session(c, &h.ca).await;
     c.cmd("AUTH LOGIN", "334").await;
-    c.cmd(&b64("exchange01"), "334").await;
-    c.cmd(&b64("wrong"), "535 5.7.8").await;
+    c.cmd(&base64("exchange01"), "334").await;
+    c.cmd(&base64("wrong"), "535 5.7.8").await;
     c.cmd("AUTH LOGIN", "334").await;
-    c.cmd(&b64("nobody"), "334").await;
-    c.cmd(&b64(PASSWORD), "535 5.7.8").await;
+    c.cmd(&base64("nobody"), "334").await;
+    c.cmd(&base64(PASSWORD), "535 5.7.8").await;
     c.cmd(&auth_plain("exchange01", "wrong"), "421 4.7.0").await;
     assert!(c.closed().await);
 
@@ -229,21 +225,15 @@ async fn user_sender_domains_and_global_sender_domains() {
 }
 
 /// A TCP client bound to a chosen loopback source address.
-async fn connect_from(source: &str, relay: SocketAddr) -> Client<tokio::net::TcpStream> {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    Client::new(socket.connect(relay).await.unwrap())
-}
-
 #[tokio::test]
 async fn relay_networks_decide_per_source_address_on_loopback() {
     let h = auth_harness("");
     let relay = h.start().await;
-    let c = connect_from("127.0.0.2", relay.addr()).await;
+    let c = connect_from("127.0.0.2", relay.addr().port()).await;
     let mut c = tls_session(c, &h.ca).await;
     let r = send_data(&mut c, FROM, &[TO], b"Subject: allowed\r\n\r\nx\r\n").await;
     assert_eq!(r.status(), "250 2.0.0");
-    let c = connect_from("127.0.0.3", relay.addr()).await;
+    let c = connect_from("127.0.0.3", relay.addr().port()).await;
     let mut c = tls_session(c, &h.ca).await;
     c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
     c.cmd(&format!("RCPT TO:<{TO}>"), "554 5.7.1").await;
@@ -286,7 +276,7 @@ async fn open_relay_probe_is_refused_for_every_form() {
         "<antispam@relay.test>",
         "<antispam@nmap.scanme.org>",
     ];
-    let c = connect_from("127.0.0.3", relay.addr()).await;
+    let c = connect_from("127.0.0.3", relay.addr().port()).await;
     let mut c = tls_session(c, &h.ca).await;
     for from in senders {
         for to in &forms {
@@ -306,36 +296,24 @@ async fn open_relay_probe_is_refused_for_every_form() {
 async fn connections_per_address_are_capped() {
     let h = Harness::new("[limits]\nmax_connections_per_ip = 2\n");
     let relay = h.start().await;
-    let mut a = connect_from("127.0.0.4", relay.addr()).await;
+    let mut a = connect_from("127.0.0.4", relay.addr().port()).await;
     a.hello().await;
-    let mut b = connect_from("127.0.0.4", relay.addr()).await;
+    let mut b = connect_from("127.0.0.4", relay.addr().port()).await;
     b.hello().await;
-    let mut c = connect_from("127.0.0.4", relay.addr()).await;
+    let mut c = connect_from("127.0.0.4", relay.addr().port()).await;
     c.expect("421 4.7.0").await;
     assert!(c.closed().await);
-    let mut other = connect_from("127.0.0.5", relay.addr()).await;
+    let mut other = connect_from("127.0.0.5", relay.addr().port()).await;
     other.hello().await;
     relay.stop().await;
 }
 
-/// A relay whose listener expects PROXY headers from 127.0.0.1 only.
-fn proxy_harness() -> Harness {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
-        "",
-    );
-    h.replace_access_line(
-        "relay_networks = [\"192.0.2.0/24\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
-    );
-    h
-}
-
 #[tokio::test]
 async fn proxy_header_address_is_the_one_the_rules_use() {
-    let h = proxy_harness();
+    let h = Harness::behind_proxy("192.0.2.0/24");
     let relay = h.start().await;
     // v1 from the trusted proxy, for a client in relay_networks: relays.
-    let mut c = connect_from("127.0.0.1", relay.addr()).await;
+    let mut c = connect_from("127.0.0.1", relay.addr().port()).await;
     c.stream
         .write_all(b"PROXY TCP4 192.0.2.44 127.0.0.1 51000 25\r\n")
         .await
@@ -347,7 +325,7 @@ async fn proxy_header_address_is_the_one_the_rules_use() {
     assert_eq!(env.client.address, "192.0.2.44:51000".parse().unwrap());
     assert!(String::from_utf8_lossy(msg).contains("[192.0.2.44]"));
     // v2 for a client outside relay_networks: refused at RCPT.
-    let mut c = connect_from("127.0.0.1", relay.addr()).await;
+    let mut c = connect_from("127.0.0.1", relay.addr().port()).await;
     let mut v2 = b"\r\n\r\n\0\r\nQUIT\n".to_vec();
     v2.extend_from_slice(&[
         0x21, 0x11, 0, 12, 198, 51, 100, 9, 127, 0, 0, 1, 0xc8, 0x00, 0, 25,
@@ -361,9 +339,9 @@ async fn proxy_header_address_is_the_one_the_rules_use() {
 
 #[tokio::test]
 async fn proxy_header_from_untrusted_or_missing_closes_without_a_banner() {
-    let h = proxy_harness();
+    let h = Harness::behind_proxy("192.0.2.0/24");
     let relay = h.start().await;
-    let mut c = connect_from("127.0.0.2", relay.addr()).await;
+    let mut c = connect_from("127.0.0.2", relay.addr().port()).await;
     c.stream
         .write_all(b"PROXY TCP4 192.0.2.44 127.0.0.1 51000 25\r\n")
         .await
@@ -372,7 +350,7 @@ async fn proxy_header_from_untrusted_or_missing_closes_without_a_banner() {
         c.try_reply().await.is_none(),
         "untrusted source got a reply"
     );
-    let mut c = connect_from("127.0.0.1", relay.addr()).await;
+    let mut c = connect_from("127.0.0.1", relay.addr().port()).await;
     c.stream
         .write_all(b"EHLO no-header.example\r\n")
         .await
@@ -392,7 +370,7 @@ async fn brute_force_rate_from_one_address() {
     let start = Instant::now();
     let mut attempts = 0;
     while start.elapsed() < Duration::from_secs(60) {
-        let c = connect_from("127.0.0.9", relay.addr()).await;
+        let c = connect_from("127.0.0.9", relay.addr().port()).await;
         let mut c = tls_session(c, &h.ca).await;
         c.reply_timeout = Duration::from_secs(120);
         for _ in 0..3 {

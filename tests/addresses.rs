@@ -4,39 +4,32 @@
 //! relay's policy judged: no parameter smuggled in a quoted local part, no
 //! sender-domain bypass, no mail accepted and then lost for its address.
 
-mod common;
+mod support;
 
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
-
-use base64::Engine;
-use common::binary::eventually;
-use common::*;
-use fake_upstream::{FakeUpstream, Script};
 use smarthost::address::{Mailbox, Path};
-use smarthost::spool::{self, Envelope, Recipient, RecipientStatus, Spool};
+use smarthost::spool::{Envelope, Spool};
+use support::auth::{auth_plain, hash};
+use support::client::{send_data, tls_session};
+use support::envelope::envelope;
+use support::fake_upstream::{FakeUpstream, Script, Transaction};
+use support::harness::{Harness, upstream_toml};
+use support::pki::HOSTNAME;
+use support::wait::eventually;
 
 const PASSWORD: &str = "correct horse battery staple";
 const BODY: &[u8] = b"Subject: address test\r\n\r\nhello\r\n";
 
-fn upstream_toml(fake: &FakeUpstream) -> String {
-    format!(
-        "[[upstream]]\nname = \"fake\"\naddress = \"{}\"\ntls = \"none\"\n\n",
-        fake.address()
-    )
-}
-
 /// A relay in front of `fake`; `access` lines are added to its `[access]`.
 fn harness(fake: &FakeUpstream, access: &str, extra: &str) -> Harness {
-    let h = Harness::new(&format!("{}{extra}", upstream_toml(fake)));
-    let text = std::fs::read_to_string(&h.config_path)
-        .unwrap()
-        .replace("[access]\n", &format!("[access]\n{access}"));
-    std::fs::write(&h.config_path, text).unwrap();
+    let h = Harness::new(&format!(
+        "{}{extra}",
+        upstream_toml("fake", fake.address(), "none")
+    ));
+    h.edit_config("[access]\n", &format!("[access]\n{access}"));
     h
 }
 
-async fn eventually_transactions(fake: &FakeUpstream, n: usize) -> Vec<fake_upstream::Transaction> {
+async fn eventually_transactions(fake: &FakeUpstream, n: usize) -> Vec<Transaction> {
     eventually(&format!("{n} transaction(s) at the upstream"), 20, || {
         fake.transactions()
             .iter()
@@ -128,8 +121,7 @@ async fn a_user_limited_to_one_domain_cannot_send_as_another_through_quotes() {
     h.replace_access_line("relay_networks = [\"192.0.2.0/24\"]");
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
-    let plain = base64::engine::general_purpose::STANDARD.encode(format!("\0tenant\0{PASSWORD}"));
-    c.cmd(&format!("AUTH PLAIN {plain}"), "235 2.7.0").await;
+    c.cmd(&auth_plain("tenant", PASSWORD), "235 2.7.0").await;
     c.cmd("MAIL FROM:<\"boss@good.test\"@evil.test>", "553 5.7.1")
         .await;
     let sender = "\"boss@evil.test> AUTH=boss@evil.test\"@good.test";
@@ -183,27 +175,12 @@ async fn an_older_spools_unquoted_address_is_quoted_on_the_way_out() {
     let fake = FakeUpstream::start(Script::default()).await;
     let h = harness(&fake, "", "");
     let spool = Spool::open(&h.spool_dir()).unwrap();
-    let id = spool::new_queue_id();
     let envelope = Envelope {
-        version: spool::FORMAT_VERSION,
-        id: id.clone(),
-        received_at: spool::unix_now(),
-        client: spool::ClientInfo {
-            address: "127.0.0.1:4000".parse().unwrap(),
-            helo: "client.test".into(),
-            tls: None,
-            auth: None,
-        },
-        sender: "ceo@evil.test> AUTH=ceo@evil.test ENVID=x@good.test".into(),
-        params: Default::default(),
-        recipients: vec![Recipient {
-            address: "john smith@dest.test".into(),
-            orcpt: None,
-            notify: None,
-            status: RecipientStatus::Pending,
-        }],
         size: BODY.len() as u64,
-        route_domain: None,
+        ..envelope(
+            "ceo@evil.test> AUTH=ceo@evil.test ENVID=x@good.test",
+            &["john smith@dest.test"],
+        )
     };
     spool.store(&envelope, BODY.to_vec()).await.unwrap();
     drop(spool);
@@ -271,12 +248,10 @@ async fn postmaster_without_a_domain_is_accepted_and_relayed() {
     // Or to the address the `postmaster` key names.
     let fake = FakeUpstream::start(Script::default()).await;
     let h = harness(&fake, "", "");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replacen(
+    h.edit_config(
         "hostname = ",
         "postmaster = \"mail-admin@corp.test\"\nhostname = ",
-        1,
     );
-    std::fs::write(&h.config_path, text).unwrap();
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
     let r = send_data(&mut c, "a@good.test", &["postmaster"], BODY).await;

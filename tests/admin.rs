@@ -7,18 +7,23 @@
 //! Needs python3 with prometheus-client and chromium
 //! (scripts/install-test-deps.sh installs both).
 
-mod common;
+mod support;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use support::binary::{Output, Relay, check_config, run};
+use support::client::{send_data, tls_session};
+use support::deliveries::received;
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::pki::TestCa;
+use support::sink::{Sink, quick_retries_to};
+use support::wait::{eventually, free_port, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-use common::binary::*;
-use common::*;
 
 /// One HTTP response: status, headers (lower-case names), body.
 struct Http {
@@ -119,6 +124,20 @@ async fn scrape(port: u16) -> Samples {
     parse_metrics(&r.body)
 }
 
+/// Scrapes every 50 ms until `done` holds (5 s at most; the last scrape is
+/// returned either way, for the assertions to say what it shows).
+async fn scrape_until(port: u16, done: impl Fn(&Samples) -> bool) -> Samples {
+    let mut m = scrape(port).await;
+    for _ in 0..100 {
+        if done(&m) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        m = scrape(port).await;
+    }
+    m
+}
+
 /// A relay with `[admin]` on its own port, delivering to `sinks`.
 struct Setup {
     h: Harness,
@@ -127,9 +146,9 @@ struct Setup {
 
 fn setup(sinks: &[&Sink], admin_extra: &str) -> Setup {
     let admin = free_port();
-    let upstreams: String = sinks.iter().map(|s| s.upstream()).collect();
     let h = Harness::new(&format!(
-        "retry_min = \"1s\"\nretry_max = \"2s\"\n\n{upstreams}[admin]\naddress = \"127.0.0.1:{admin}\"\n{admin_extra}\n"
+        "{}[admin]\naddress = \"127.0.0.1:{admin}\"\n{admin_extra}\n",
+        quick_retries_to(sinks)
     ));
     Setup { h, admin }
 }
@@ -147,10 +166,8 @@ async fn send(relay: &Relay, ca: &TestCa, from: &str, to: &str, tag: &str) -> St
 async fn metrics_and_api_follow_the_wire() {
     within(120, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
+        let mut us = Sink::started(base.path(), "us").await;
         let s = setup(&[&eu, &us], "");
         let relay = Relay::start(&s.h).await;
 
@@ -187,14 +204,10 @@ async fn metrics_and_api_follow_the_wire() {
         })
         .await;
         // The removal from the spool follows the sink's 250.
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(&m, "smarthost_queue_messages", &[]) == 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        let m = scrape_until(s.admin, |m| {
+            value(m, "smarthost_queue_messages", &[]) == 0.0
+        })
+        .await;
         assert_eq!(
             value(&m, "smarthost_messages_accepted_total", &[]),
             N as f64
@@ -356,14 +369,10 @@ async fn metrics_and_api_follow_the_wire() {
             eu.count() + us.count() >= total
         })
         .await;
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(&m, "smarthost_queue_messages", &[]) == 0.0 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        let m = scrape_until(s.admin, |m| {
+            value(m, "smarthost_queue_messages", &[]) == 0.0
+        })
+        .await;
         assert_eq!(
             value(&m, "smarthost_messages_accepted_total", &[]),
             total as f64
@@ -395,8 +404,7 @@ async fn metrics_and_api_follow_the_wire() {
 async fn healthz_turns_503_while_draining_after_sigterm() {
     within(60, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        eu.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
         let s = setup(&[&eu], "");
         let mut relay = Relay::start(&s.h).await;
         let r = get(s.admin, "/healthz", None).await;
@@ -490,8 +498,7 @@ async fn admin_listens_only_when_configured() {
 async fn metrics_and_recent_messages_survive_a_reload() {
     within(60, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        eu.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
         let s = setup(&[&eu], "");
         let relay = Relay::start(&s.h).await;
         let first = send(
@@ -517,19 +524,14 @@ async fn metrics_and_recent_messages_survive_a_reload() {
         )
         .await;
         eventually("delivered", 20, || eu.count() == 2).await;
-        let mut m = scrape(s.admin).await;
-        for _ in 0..100 {
-            if value(
-                &m,
+        let m = scrape_until(s.admin, |m| {
+            value(
+                m,
                 "smarthost_messages_delivered_total",
                 &[("upstream", "eu")],
             ) == 2.0
-            {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            m = scrape(s.admin).await;
-        }
+        })
+        .await;
         assert_eq!(value(&m, "smarthost_messages_accepted_total", &[]), 2.0);
         assert_eq!(
             value(
@@ -592,32 +594,33 @@ async fn the_token_is_enforced_but_not_for_healthz() {
     .await;
 }
 
-fn check_config(text: &str) -> Output {
+/// `check-config` on a config file holding `text`.
+fn check_text(text: &str) -> Output {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smarthost.toml");
     std::fs::write(&path, text).unwrap();
-    run(&["check-config", "--config", path.to_str().unwrap()])
+    check_config(&path)
 }
 
 const BASE: &str = "hostname = \"relay.test\"\n[[listener]]\naddress = \"127.0.0.1:2525\"\ntls = \"starttls\"\n[access]\nrelay_networks = [\"10.0.0.0/8\"]\n[queue]\npath = \"spool\"\n";
 
 #[test]
 fn check_config_judges_the_admin_section() {
-    let open = check_config(&format!("{BASE}[admin]\naddress = \"0.0.0.0:8025\"\n"));
+    let open = check_text(&format!("{BASE}[admin]\naddress = \"0.0.0.0:8025\"\n"));
     assert_eq!(open.status.code(), Some(1), "{}", open.stdout);
     assert!(
         open.stderr.contains("admin.address") && open.stderr.contains("token_file"),
         "{}",
         open.stderr
     );
-    let bad = check_config(&format!("{BASE}[admin]\naddress = \"localhost:80x\"\n"));
+    let bad = check_text(&format!("{BASE}[admin]\naddress = \"localhost:80x\"\n"));
     assert_eq!(bad.status.code(), Some(1), "{}", bad.stdout);
     assert!(
         bad.stderr.contains("address") && bad.stderr.contains("admin"),
         "{}",
         bad.stderr
     );
-    let missing = check_config(&format!(
+    let missing = check_text(&format!(
         "{BASE}[admin]\naddress = \"0.0.0.0:8025\"\ntoken_file = \"/nonexistent/token\"\n"
     ));
     assert_eq!(missing.status.code(), Some(1));
@@ -626,9 +629,9 @@ fn check_config_judges_the_admin_section() {
         "{}",
         missing.stderr
     );
-    let loopback = check_config(&format!("{BASE}[admin]\naddress = \"127.0.0.1:8025\"\n"));
+    let loopback = check_text(&format!("{BASE}[admin]\naddress = \"127.0.0.1:8025\"\n"));
     assert_eq!(loopback.status.code(), Some(0), "{}", loopback.stderr);
-    let v6 = check_config(&format!(
+    let v6 = check_text(&format!(
         "{BASE}[admin]\naddress = \"[::1]:8025\"\nrecent_messages = 5\n"
     ));
     assert_eq!(v6.status.code(), Some(0), "{}", v6.stderr);
@@ -672,8 +675,7 @@ fn target_dir() -> PathBuf {
 async fn the_page_escapes_everything_and_renders_in_chromium() {
     within(90, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        eu.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
         let s = setup(&[&eu], "");
         let relay = Relay::start(&s.h).await;
         let evil = "\"<script>alert(1)</script>\"@x.test";

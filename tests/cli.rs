@@ -1,20 +1,18 @@
 //! The command line of the real binary: `check-config`, `hash-password`, and
 //! `serve`'s start-up failures and signal handling (shared/INTERFACE.md).
 
-mod common;
+mod support;
 
 use std::net::TcpListener as StdListener;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use smarthost::spool::Spool;
+use support::binary::{Output, Relay, check_config, line_of, run, run_with_stdin};
+use support::client::tls_session;
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
 use tokio::net::TcpStream;
-
-fn check_config(path: &Path) -> Output {
-    run(&["check-config", "--config", path.to_str().unwrap()])
-}
 
 // ---------------------------------------------------------------------------
 // check-config
@@ -49,14 +47,6 @@ tls = "required"
 sender_domains = ["tenant-a.example"]
 upstreams = ["eu-1"]
 "#;
-
-/// The 1-based line of the first line containing `needle`.
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines()
-        .position(|l| l.contains(needle))
-        .unwrap_or_else(|| panic!("{needle:?} not in config"))
-        + 1
-}
 
 /// Writes `GOOD` with `from` replaced by `to` beside the harness certificates.
 fn variant(h: &Harness, name: &str, from: &str, to: &str) -> (PathBuf, String) {
@@ -702,10 +692,7 @@ fn serve_on_a_taken_port_exits_1_with_a_clear_message() {
     let h = Harness::new("");
     let taken = StdListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
-    let text = std::fs::read_to_string(&h.config_path)
-        .unwrap()
-        .replace("127.0.0.1:0", &format!("127.0.0.1:{port}"));
-    std::fs::write(&h.config_path, text).unwrap();
+    h.edit_config("127.0.0.1:0", &format!("127.0.0.1:{port}"));
     let out = serve_fails(&h.config_path);
     assert_eq!(out.status.code(), Some(1), "{}", out.stderr);
     assert!(

@@ -2,15 +2,19 @@
 //! (shared/INTERFACE.md): `queue list` / `flush` / `delete` against a running
 //! relay, `check-upstreams`, `sink`, and `demo`.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use rustls::pki_types::ServerName;
+use support::binary::{BIN, Proc, Relay, all_deferred, queue_list, run, wait_banner};
+use support::client::{Client, send_data};
+use support::harness::{Harness, verified_upstream_toml};
+use support::message::{queue_id_of, strip_received};
+use support::sink::{Sink, quick_retries_to, sidecar};
+use support::wait::{eventually, free_port, holds_within, within};
 use tokio::net::TcpStream;
 
 const FROM: &str = "sender@tenant.example";
@@ -27,9 +31,7 @@ impl Relay {
             )
             .into_bytes();
             let r = send_data(&mut c, FROM, to, &body).await;
-            let last = r.lines.last().unwrap().clone();
-            assert!(last.starts_with("250 2.0.0"), "{last}");
-            let id = last.rsplit("queued as ").next().unwrap().trim().to_owned();
+            let id = queue_id_of(&r).unwrap_or_else(|| panic!("not queued: {:?}", r.lines));
             out.push((id, body));
         }
         c.cmd("QUIT", "221").await;
@@ -37,44 +39,8 @@ impl Relay {
     }
 }
 
-/// Whether `pred` comes to hold within `secs` (checked every 50 ms).
-async fn holds_within(secs: u64, mut pred: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !pred() {
-        if Instant::now() >= deadline {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    true
-}
-
 fn config_arg(h: &Harness) -> String {
     h.config_path.to_str().unwrap().to_owned()
-}
-
-/// `queue list --json`, parsed.
-fn list_json(h: &Harness) -> Vec<serde_json::Value> {
-    let out = run(&["queue", "list", "--config", &config_arg(h), "--json"]);
-    assert!(out.status.success(), "{}", out.stderr);
-    serde_json::from_str::<serde_json::Value>(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", out.stdout))
-        .as_array()
-        .unwrap()
-        .clone()
-}
-
-/// Every recipient of `n` listed messages has had an attempt and is deferred.
-fn all_deferred(h: &Harness, n: usize) -> bool {
-    let entries = list_json(h);
-    entries.len() == n
-        && entries.iter().all(|e| {
-            e["recipients"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .all(|r| r["state"] == "deferred")
-        })
 }
 
 /// A relay whose only upstream is down (nothing listens on its port), with
@@ -99,17 +65,20 @@ async fn queue_list_shows_ids_senders_recipient_states_and_last_reply() {
         let empty = run(&["queue", "list", "--config", &config_arg(&h)]);
         assert!(empty.status.success(), "{}", empty.stderr);
         assert_eq!(empty.stdout.trim(), "0 message(s) queued");
-        assert_eq!(list_json(&h).len(), 0);
+        assert_eq!(queue_list(&h.config_path).len(), 0);
 
         let mut sent = relay
             .send(&h, "one", &["a@partner.example", "b@partner.example"], 1)
             .await;
         sent.extend(relay.send(&h, "two", &["c@partner.example"], 1).await);
-        eventually("both messages deferred", 20, || all_deferred(&h, 2)).await;
+        eventually("both messages deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 2)
+        })
+        .await;
 
         // JSON: oldest first, with the ids the 250s named.
         let now = smarthost::spool::unix_now();
-        let entries = list_json(&h);
+        let entries = queue_list(&h.config_path);
         let ids: Vec<&str> = entries.iter().map(|e| e["id"].as_str().unwrap()).collect();
         assert_eq!(ids, [sent[0].0.as_str(), sent[1].0.as_str()]);
         for (e, (_, body)) in entries.iter().zip(&sent) {
@@ -181,7 +150,10 @@ async fn queue_flush_makes_the_running_relay_retry_at_once() {
         let h = harness_with_upstream_down(&eu);
         let relay = Relay::start(&h).await;
         let sent = relay.send(&h, "flush", &["a@partner.example"], 3).await;
-        eventually("3 deferred", 20, || all_deferred(&h, 3)).await;
+        eventually("3 deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 3)
+        })
+        .await;
 
         // The upstream is back, but the next retry is an hour away.
         eu.start().await;
@@ -226,14 +198,14 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
         let mut eu = Sink::new(base.path(), "eu");
         // Quick retries: the kept message is delivered by an ordinary retry
         // once the upstream is back (no `queue flush` needed).
-        let h = Harness::new(&format!(
-            "retry_min = \"1s\"\nretry_max = \"2s\"\n\n{}",
-            eu.upstream()
-        ));
+        let h = Harness::new(&quick_retries_to(&[&eu]));
         let relay = Relay::start(&h).await;
         let sent = relay.send(&h, "del", &["a@partner.example"], 2).await;
         let (gone, kept) = (&sent[0].0, &sent[1].0);
-        eventually("2 deferred", 20, || all_deferred(&h, 2)).await;
+        eventually("2 deferred", 20, || {
+            all_deferred(&queue_list(&h.config_path), 2)
+        })
+        .await;
 
         let out = run(&["queue", "delete", gone, "--config", &config_arg(&h)]);
         assert!(out.status.success(), "{}", out.stderr);
@@ -242,7 +214,7 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
             "{}",
             out.stdout
         );
-        let ids: Vec<String> = list_json(&h)
+        let ids: Vec<String> = queue_list(&h.config_path)
             .iter()
             .map(|e| e["id"].as_str().unwrap().to_owned())
             .collect();
@@ -273,7 +245,11 @@ async fn queue_delete_drops_one_message_which_is_never_delivered() {
                 out.stderr
             );
         }
-        assert_eq!(list_json(&h).len(), 1, "a bad delete touched the queue");
+        assert_eq!(
+            queue_list(&h.config_path).len(),
+            1,
+            "a bad delete touched the queue"
+        );
 
         // The upstream returns and the queue is retried: only the kept one arrives.
         eu.start().await;
@@ -317,10 +293,8 @@ fn row<'a>(stdout: &'a str, name: &str) -> Vec<&'a str> {
 async fn check_upstreams_exit_0_with_a_table_when_all_answer() {
     within(60, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
+        let eu = Sink::started(base.path(), "eu").await;
+        let us = Sink::started(base.path(), "us").await;
         let h = Harness::new(&format!("{}{}", eu.upstream(), us.upstream()));
         let out = run(&["check-upstreams", "--config", &config_arg(&h)]);
         assert!(out.status.success(), "{}\n{}", out.stdout, out.stderr);
@@ -392,14 +366,14 @@ async fn check_upstreams_verifies_starttls_to_a_sink_with_the_harness_certificat
         let base = tempfile::tempdir().unwrap();
         let h = Harness::new("");
         let mut secure = Sink::new(base.path(), "secure");
-        secure.tls = Some((h.dir.path().join("server.crt"), h.dir.path().join("server.key")));
+        secure.tls = Some((
+            h.dir.path().join("server.crt"),
+            h.dir.path().join("server.key"),
+        ));
         secure.start().await;
         let upstream = |name: &str, tls_name: &str| {
-            format!(
-                "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\ntls = \"required\"\nca_file = \"{}\"\ntls_name = \"{tls_name}\"\n\n",
-                secure.port,
-                h.ca_path().display()
-            )
+            let address = format!("127.0.0.1:{}", secure.port);
+            verified_upstream_toml(name, address, &h.ca_path(), tls_name)
         };
         let config = h.dir.path().join("tls.toml");
         let base_text = std::fs::read_to_string(&h.config_path).unwrap();
@@ -466,8 +440,7 @@ async fn sink_writes_each_message_to_a_file_with_its_envelope() {
             millis.parse::<u64>().is_ok() && n.parse::<u64>().is_ok(),
             "{stem}"
         );
-        let sidecar: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(file.with_extension("json")).unwrap()).unwrap();
+        let sidecar = sidecar(file);
         assert_eq!(sidecar["mail_from"], FROM);
         assert_eq!(
             sidecar["rcpt_to"],

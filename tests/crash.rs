@@ -4,7 +4,7 @@
 //! whose content was not completely sent may look accepted; and the restarted
 //! relay takes mail again.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
 use smarthost::spool::{RecipientStatus, Spool};
+use support::binary::{Relay, sigkill};
+use support::client::{TlsClient, send_data, step};
+use support::deliveries::Sent;
+use support::harness::{Harness, file_names};
+use support::message::{message, message_id_in, queue_id_of, strip_received};
+use support::wait::within;
 
 // ---------------------------------------------------------------------------
 // Messages and what happened to them.
@@ -57,12 +61,7 @@ async fn send_message(
 // Checking the spool.
 
 fn files_in(dir: &Path) -> BTreeSet<String> {
-    std::fs::read_dir(dir)
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().into_string().unwrap())
-                .collect()
-        })
-        .unwrap_or_default()
+    file_names(dir).into_iter().collect()
 }
 
 /// Before any restart: each acknowledged message has both halves in msg/.
@@ -113,14 +112,9 @@ fn assert_spool_consistent(spool_dir: &Path, sent: &[Sent]) -> Vec<String> {
         let content = strip_received(&stored);
         let received = String::from_utf8_lossy(&stored[..stored.len() - content.len()]);
         assert!(received.contains(id.as_str()), "{received}");
-        let text = String::from_utf8_lossy(content);
-        let mid = text
-            .split("Message-ID: <")
-            .nth(1)
-            .and_then(|r| r.split('>').next())
-            .unwrap_or_else(|| panic!("{id}: no Message-ID in {:.200}", text));
+        let mid = message_id_in(content);
         let s = by_message_id
-            .get(mid)
+            .get(mid.as_str())
             .unwrap_or_else(|| panic!("{id}: unknown message {mid}"));
         assert!(
             content == s.body.as_slice(),
@@ -206,19 +200,8 @@ async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
                     if n % 3 == 0 {
                         to.push(format!("cc{n}@other.example"));
                     }
-                    let mut sent = Sent {
-                        body: message(
-                            &message_id,
-                            &from,
-                            "crash test",
-                            1000 + (t * 7 + n * 13) % 10 * 6000,
-                        ),
-                        message_id,
-                        from,
-                        to,
-                        fully_sent: false,
-                        queued_as: None,
-                    };
+                    let size = 1000 + (t * 7 + n * 13) % 10 * 6000;
+                    let mut sent = Sent::new(&message_id, &from, to, "crash test", size);
                     let r = send_message(&mut c, &mut sent, &in_data).await;
                     results.lock().unwrap().push(sent);
                     r.unwrap_or_else(|e| panic!("task {t} message {n}: {e}"));
@@ -270,14 +253,13 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
 
         // A session that stalls halfway through its content: never complete.
         let mut stalled = relay.tls(&h.ca).await;
-        let stalled_sent = Sent {
-            message_id: "stalled@crash.test".into(),
-            from: "stalled@tenant.example".into(),
-            to: vec!["rcpt@partner.example".into()],
-            body: message("stalled@crash.test", "stalled@tenant.example", "crash test", 300_000),
-            fully_sent: false,
-            queued_as: None,
-        };
+        let stalled_sent = Sent::new(
+            "stalled@crash.test",
+            "stalled@tenant.example",
+            vec!["rcpt@partner.example".into()],
+            "crash test",
+            300_000,
+        );
         stalled
             .cmd(&format!("MAIL FROM:<{}>", stalled_sent.from), "250")
             .await;
@@ -301,14 +283,9 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
                 for n in 0..40 {
                     let from = format!("b{t}@tenant.example");
                     let message_id = format!("b{t}-m{n}@crash.test");
-                    let mut sent = Sent {
-                        body: message(&message_id, &from, "crash test", 64_000 + (t * 31 + n * 17) % 8 * 40_000),
-                        message_id,
-                        from,
-                        to: vec![format!("r{n}@partner.example")],
-                        fully_sent: false,
-                        queued_as: None,
-                    };
+                    let size = 64_000 + (t * 31 + n * 17) % 8 * 40_000;
+                    let to = vec![format!("r{n}@partner.example")];
+                    let mut sent = Sent::new(&message_id, &from, to, "crash test", size);
                     let r = send_message(&mut c, &mut sent, &in_data[t]).await;
                     results.lock().unwrap().push(sent);
                     if r.is_err() {
@@ -411,14 +388,13 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let relay = Relay::start(&h).await;
             let mut c = relay.tls(&h.ca).await;
             let message_id = "calibration@crash.test".to_string();
-            let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
-                message_id,
-                from: "store@tenant.example".into(),
-                to: vec!["rcpt@partner.example".into()],
-                fully_sent: false,
-                queued_as: None,
-            };
+            let mut s = Sent::new(
+                &message_id,
+                "store@tenant.example",
+                vec!["rcpt@partner.example".into()],
+                "crash test",
+                STORE_SIZE,
+            );
             c.cmd(&format!("MAIL FROM:<{}>", s.from), "250").await;
             c.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
             c.cmd("DATA", "354").await;
@@ -440,14 +416,13 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             let mut relay = Relay::start(&h).await;
             let mut c = relay.tls(&h.ca).await;
             let message_id = format!("store{i}@crash.test");
-            let mut s = Sent {
-                body: message(&message_id, "store@tenant.example", "crash test", STORE_SIZE),
-                message_id,
-                from: "store@tenant.example".into(),
-                to: vec!["rcpt@partner.example".into()],
-                fully_sent: false,
-                queued_as: None,
-            };
+            let mut s = Sent::new(
+                &message_id,
+                "store@tenant.example",
+                vec!["rcpt@partner.example".into()],
+                "crash test",
+                STORE_SIZE,
+            );
             c.cmd(&format!("MAIL FROM:<{}>", s.from), "250").await;
             c.cmd("RCPT TO:<rcpt@partner.example>", "250").await;
             c.cmd("DATA", "354").await;

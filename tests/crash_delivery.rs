@@ -6,29 +6,25 @@
 //! queue must drain. Also: with both upstreams down, mail is accepted and
 //! deferred, and delivered once one comes back.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::binary::*;
-use common::*;
+use support::binary::{Output, Relay, all_deferred, queue_list, run, sigkill};
+use support::client::{TlsClient, step};
+use support::deliveries::{Sent, check_deliveries, received, send_tracked};
+use support::harness::Harness;
+use support::message::queue_id_of;
+use support::sink::{Sink, quick_retries_to, sidecar};
+use support::wait::{eventually, within};
 
 // ---------------------------------------------------------------------------
 // Messages.
 
 /// Sends one message, filling in `sent` as it goes.
 async fn send_message(c: &mut TlsClient, sent: &mut Sent) -> Result<(), String> {
-    step(c, &format!("MAIL FROM:<{}>", sent.from), "250").await?;
-    for r in &sent.to {
-        step(c, &format!("RCPT TO:<{r}>"), "250").await?;
-    }
-    step(c, "DATA", "354").await?;
-    if !c.try_send(&sent.body).await || !c.try_send(b".\r\n").await {
-        return Err("body: send failed".into());
-    }
-    sent.fully_sent = true;
-    let r = c.try_reply().await.ok_or("dot: connection closed")?;
+    let r = send_tracked(c, sent).await?;
     sent.queued_as = Some(queue_id_of(&r).ok_or_else(|| format!("dot: {:?}", r.lines))?);
     Ok(())
 }
@@ -58,14 +54,7 @@ async fn send_burst(
                 }
                 to.extend((0..extra_rcpts).map(|k| format!("x{k}-{n}@partner.example")));
                 let size = 2_000 + (t * 7 + n * 13) % 10 * 30_000;
-                let mut sent = Sent {
-                    body: message(&message_id, &from, "delivery crash test", size),
-                    message_id,
-                    from,
-                    to,
-                    fully_sent: false,
-                    queued_as: None,
-                };
+                let mut sent = Sent::new(&message_id, &from, to, "delivery crash test", size);
                 let r = send_message(&mut c, &mut sent).await;
                 results.lock().unwrap().push(sent);
                 if r.is_err() {
@@ -76,11 +65,6 @@ async fn send_burst(
         });
     }
     tasks
-}
-
-fn queue_extra(sinks: &[&Sink]) -> String {
-    let upstreams: String = sinks.iter().map(|s| s.upstream()).collect();
-    format!("retry_min = \"1s\"\nretry_max = \"2s\"\n\n{upstreams}")
 }
 
 // ---------------------------------------------------------------------------
@@ -99,11 +83,9 @@ const ROUNDS: usize = 6;
 async fn sigkill_during_delivery_loses_nothing_acknowledged() {
     within(300, async {
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
-        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let mut eu = Sink::started(base.path(), "eu").await;
+        let mut us = Sink::started(base.path(), "us").await;
+        let h = Harness::new(&quick_retries_to(&[&eu, &us]));
         let mut relay = Relay::start(&h).await;
         let all = Arc::new(Mutex::new(Vec::<Sent>::new()));
         let started = Instant::now();
@@ -225,7 +207,7 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         let base = tempfile::tempdir().unwrap();
         let eu = Sink::new(base.path(), "eu");
         let mut us = Sink::new(base.path(), "us");
-        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let h = Harness::new(&quick_retries_to(&[&eu, &us]));
         let relay = Relay::start(&h).await;
         let config = h.config_path.to_str().unwrap().to_owned();
         let results = Arc::new(Mutex::new(Vec::new()));
@@ -240,27 +222,13 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
         );
 
         // Deferred, each recipient, with the failure as the last reply.
-        let mut listing = serde_json::Value::Null;
+        let mut listing = Vec::new();
         eventually("all 10 deferred in queue list --json", 20, || {
-            let Output {
-                status,
-                stdout: out,
-                stderr: err,
-            } = run(&["queue", "list", "--config", &config, "--json"]);
-            assert!(status.success(), "{err}");
-            listing = serde_json::from_str(&out).unwrap();
-            let entries = listing.as_array().unwrap();
-            entries.len() == 10
-                && entries.iter().all(|e| {
-                    e["recipients"]
-                        .as_array()
-                        .unwrap()
-                        .iter()
-                        .all(|r| r["state"] == "deferred")
-                })
+            listing = queue_list(&h.config_path);
+            all_deferred(&listing, 10)
         })
         .await;
-        for e in listing.as_array().unwrap() {
+        for e in &listing {
             let id = e["id"].as_str().unwrap();
             let s = sent
                 .iter()
@@ -318,13 +286,7 @@ async fn both_upstreams_down_then_one_returns_delivers_everything() {
                 got.get(&s.message_id).is_some_and(|copies| {
                     let n: usize = copies
                         .iter()
-                        .map(|(_, f, _)| {
-                            let j: serde_json::Value = serde_json::from_slice(
-                                &std::fs::read(f.with_extension("json")).unwrap(),
-                            )
-                            .unwrap();
-                            j["rcpt_to"].as_array().unwrap().len()
-                        })
+                        .map(|(_, f, _)| sidecar(f)["rcpt_to"].as_array().unwrap().len())
                         .sum();
                     n >= s.to.len()
                 })

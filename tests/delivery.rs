@@ -2,87 +2,21 @@
 //! instances as upstreams. Round-robin, failover, recovery, routes, and the
 //! bytes an upstream receives.
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::binary::eventually;
-use common::*;
-use tokio_util::sync::CancellationToken;
+use mail_parser::MimeHeaders;
+use support::client::{send_data, tls_session};
+use support::fake_upstream::{FakeUpstream, Method, Script};
+use support::harness::{Harness, Running, upstream_toml, verified_upstream_toml};
+use support::message::strip_received;
+use support::pki::{TestCa, server_config};
+use support::sink::LocalSink;
+use support::wait::eventually;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
-
-/// A sink upstream on a fixed loopback port, stoppable and restartable.
-struct Sink {
-    port: u16,
-    dir: PathBuf,
-    stop: Option<(
-        CancellationToken,
-        tokio::task::JoinHandle<std::io::Result<()>>,
-    )>,
-}
-
-impl Sink {
-    async fn start(dir: &Path, name: &str) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let dir = dir.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut s = Sink {
-            port,
-            dir,
-            stop: None,
-        };
-        s.run(listener);
-        s
-    }
-
-    fn run(&mut self, listener: tokio::net::TcpListener) {
-        let token = CancellationToken::new();
-        let task = tokio::spawn(smarthost::sink::run(
-            listener,
-            self.dir.clone(),
-            None,
-            "sink.test".into(),
-            token.clone(),
-        ));
-        self.stop = Some((token, task));
-    }
-
-    async fn stop(&mut self) {
-        if let Some((token, task)) = self.stop.take() {
-            token.cancel();
-            let _ = task.await;
-        }
-    }
-
-    async fn restart(&mut self) {
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
-            .await
-            .unwrap();
-        self.run(listener);
-    }
-
-    /// Messages received so far (the .eml files).
-    fn messages(&self) -> Vec<Vec<u8>> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(&self.dir)
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        names.sort();
-        names.iter().map(|p| std::fs::read(p).unwrap()).collect()
-    }
-
-    fn upstream(&self, name: &str) -> String {
-        format!(
-            "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n\n",
-            self.port
-        )
-    }
-}
 
 async fn send_messages(relay: &Running, h: &Harness, from: &str, n: usize, tag: &str) {
     let c = relay.connect().await;
@@ -99,8 +33,8 @@ async fn send_messages(relay: &Running, h: &Harness, from: &str, n: usize, tag: 
 #[tokio::test(flavor = "multi_thread")]
 async fn round_robin_splits_evenly_and_bytes_arrive_intact() {
     let dir = tempfile::tempdir().unwrap();
-    let eu = Sink::start(dir.path(), "eu").await;
-    let us = Sink::start(dir.path(), "us").await;
+    let eu = LocalSink::start(dir.path(), "eu", None).await;
+    let us = LocalSink::start(dir.path(), "us", None).await;
     let h = Harness::new(&format!("{}{}", eu.upstream("eu"), us.upstream("us")));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 100, "rr").await;
@@ -121,8 +55,8 @@ async fn round_robin_splits_evenly_and_bytes_arrive_intact() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_upstream_down_all_go_to_the_other_none_lost() {
     let dir = tempfile::tempdir().unwrap();
-    let mut eu = Sink::start(dir.path(), "eu").await;
-    let us = Sink::start(dir.path(), "us").await;
+    let mut eu = LocalSink::start(dir.path(), "eu", None).await;
+    let us = LocalSink::start(dir.path(), "us", None).await;
     eu.stop().await;
     let h = Harness::new(&format!("{}{}", eu.upstream("eu"), us.upstream("us")));
     let relay = h.start().await;
@@ -136,8 +70,8 @@ async fn one_upstream_down_all_go_to_the_other_none_lost() {
 #[tokio::test(flavor = "multi_thread")]
 async fn both_down_then_one_returns_and_everything_is_delivered() {
     let dir = tempfile::tempdir().unwrap();
-    let mut eu = Sink::start(dir.path(), "eu").await;
-    let mut us = Sink::start(dir.path(), "us").await;
+    let mut eu = LocalSink::start(dir.path(), "eu", None).await;
+    let mut us = LocalSink::start(dir.path(), "us", None).await;
     eu.stop().await;
     us.stop().await;
     let h = Harness::new(&format!(
@@ -169,8 +103,8 @@ async fn both_down_then_one_returns_and_everything_is_delivered() {
 #[tokio::test(flavor = "multi_thread")]
 async fn routes_send_each_tenant_only_to_its_upstreams() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Sink::start(dir.path(), "a").await;
-    let b = Sink::start(dir.path(), "b").await;
+    let a = LocalSink::start(dir.path(), "a", None).await;
+    let b = LocalSink::start(dir.path(), "b", None).await;
     let h = Harness::new(&format!(
         "{}{}[[route]]\nsender_domains = [\"tenant-a.example\"]\nupstreams = [\"a\"]\n\n[[route]]\nupstreams = [\"b\"]\n",
         a.upstream("a"),
@@ -192,42 +126,18 @@ async fn routes_send_each_tenant_only_to_its_upstreams() {
     relay.stop().await;
 }
 
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
-
-use fake_upstream::{FakeUpstream, Method, Script};
-use mail_parser::MimeHeaders;
-
-fn fake_upstream_toml(name: &str, fake: &FakeUpstream, tls: &str, ca: Option<&Path>) -> String {
-    let mut s = format!(
-        "[[upstream]]\nname = \"{name}\"\naddress = \"{}\"\ntls = \"{tls}\"\n",
-        fake.address()
-    );
-    if let Some(ca) = ca {
-        s.push_str(&format!(
-            "ca_file = \"{}\"\ntls_name = \"localhost\"\n",
-            ca.display()
-        ));
-    }
-    s.push('\n');
-    s
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn an_upstream_with_the_wrong_certificate_gets_nothing() {
     // The upstreams' CA: the good one has a certificate from it, the bad one not.
     let upstream_ca = Harness::new("");
     let stranger = TestCa::new();
     let bad = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::server_config(
-            &stranger.cert_pem,
-            &stranger.key_pem,
-        )),
+        tls: Some(server_config(&stranger.cert_pem, &stranger.key_pem)),
         ..Script::default()
     })
     .await;
     let good = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::server_config(
+        tls: Some(server_config(
             &upstream_ca.ca.cert_pem,
             &upstream_ca.ca.key_pem,
         )),
@@ -236,8 +146,8 @@ async fn an_upstream_with_the_wrong_certificate_gets_nothing() {
     .await;
     let extra = format!(
         "{}{}",
-        fake_upstream_toml("bad", &bad, "required", Some(&upstream_ca.ca_path())),
-        fake_upstream_toml("good", &good, "required", Some(&upstream_ca.ca_path()))
+        verified_upstream_toml("bad", bad.address(), &upstream_ca.ca_path(), "localhost"),
+        verified_upstream_toml("good", good.address(), &upstream_ca.ca_path(), "localhost")
     );
     let h = Harness::new(&extra);
     let relay = h.start().await;
@@ -264,7 +174,7 @@ async fn one_recipient_refused_others_delivered_and_one_dsn_to_the_sender() {
         ..Script::default()
     })
     .await;
-    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let h = Harness::new(&upstream_toml("only", fake.address(), "none"));
     let relay = h.start().await;
     let c = relay.connect().await;
     let mut c = tls_session(c, &h.ca).await;
@@ -326,7 +236,7 @@ async fn notify_never_means_no_bounce() {
         ..Script::default()
     })
     .await;
-    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let h = Harness::new(&upstream_toml("only", fake.address(), "none"));
     let relay = h.start().await;
     let c = relay.connect().await;
     let mut c = tls_session(c, &h.ca).await;
@@ -355,10 +265,10 @@ async fn temporary_failure_then_recovery_delivers_exactly_once() {
         ..Script::default()
     })
     .await;
-    let port = fake.addr.port();
+    let addr = fake.addr;
     let h = Harness::new(&format!(
         "retry_min = \"1s\"\nretry_max = \"1s\"\n\n{}",
-        fake_upstream_toml("only", &fake, "none", None)
+        upstream_toml("only", fake.address(), "none")
     ));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 1, "retry").await;
@@ -372,42 +282,13 @@ async fn temporary_failure_then_recovery_delivers_exactly_once() {
     drop(fake);
     // The same address now answers 250: the retry delivers, once.
     let dir = tempfile::tempdir().unwrap();
-    let mut bound = None;
-    for _ in 0..100 {
-        if let Ok(l) = tokio::net::TcpListener::bind(("127.0.0.1", port)).await {
-            bound = Some(l);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let listener = bound.expect("the fake's port is free again");
-    let sink_dir = dir.path().join("sink");
-    std::fs::create_dir_all(&sink_dir).unwrap();
-    let token = CancellationToken::new();
-    tokio::spawn(smarthost::sink::run(
-        listener,
-        sink_dir.clone(),
-        None,
-        "sink".into(),
-        token.clone(),
-    ));
-    let count = || {
-        std::fs::read_dir(&sink_dir)
-            .unwrap()
-            .filter(|e| {
-                e.as_ref()
-                    .unwrap()
-                    .path()
-                    .extension()
-                    .is_some_and(|x| x == "eml")
-            })
-            .count()
-    };
+    let mut sink = LocalSink::start_at(addr, dir.path(), "sink", None).await;
+    let count = || sink.files().len();
     eventually("the retry", 20, || count() == 1).await;
     eventually("an empty queue", 20, || h.spool_files() == 0).await;
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(count(), 1, "delivered exactly once");
-    token.cancel();
+    sink.stop().await;
     relay.stop().await;
 }
 
@@ -421,7 +302,7 @@ async fn bytes_arrive_intact_over_data_and_over_bdat() {
     .await;
     let body: &[u8] = b"From: <a@tenant.example>\r\nSubject: bytes\r\n\r\n.\r\n..two\r\n.leading dot\r\n\xc3\xa9t\xc3\xa9 8-bit\r\nlast line\r\n";
     for (fake, method) in [(&bdat, Method::Bdat), (&data, Method::Data)] {
-        let h = Harness::new(&fake_upstream_toml("u", fake, "none", None));
+        let h = Harness::new(&upstream_toml("u", fake.address(), "none"));
         let relay = h.start().await;
         let c = relay.connect().await;
         let mut c = tls_session(c, &h.ca).await;
@@ -459,7 +340,7 @@ async fn a_4xx_to_the_body_defers_with_the_reply_recorded() {
         ..Script::default()
     })
     .await;
-    let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+    let h = Harness::new(&upstream_toml("only", fake.address(), "none"));
     let relay = h.start().await;
     send_messages(&relay, &h, FROM, 1, "busy").await;
     eventually("deferred with the upstream's reply", 20, || {
@@ -480,7 +361,7 @@ async fn notify_success_passes_upstream_or_yields_a_relayed_notice() {
             ..Script::default()
         })
         .await;
-        let h = Harness::new(&fake_upstream_toml("only", &fake, "none", None));
+        let h = Harness::new(&upstream_toml("only", fake.address(), "none"));
         let relay = h.start().await;
         let c = relay.connect().await;
         let mut c = tls_session(c, &h.ca).await;

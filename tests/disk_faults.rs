@@ -14,10 +14,7 @@
 //! These tests need root (mount, losetup). Without it they say so loudly and
 //! pass without testing; CI runs as root.
 
-mod common;
-
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
@@ -25,18 +22,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::binary::{Relay, Sink, eventually, free_port, within};
-use common::*;
-use fake_upstream::{FakeUpstream, Script};
 use smarthost::spool::RecipientStatus;
+use support::binary::Relay;
+use support::client::{Reply, send_data};
+use support::fake_upstream::{FakeUpstream, Script};
+use support::harness::{Harness, PLAIN_LISTENER, file_names};
+use support::message::message_id_in;
+use support::sink::Sink;
+use support::tools::is_root;
+use support::wait::{eventually, free_port, within};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 const PAGE: u64 = 4096;
-
-/// A plaintext listener (no TLS needed to show spool behaviour).
-const PLAIN_LISTENER: &str =
-    "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n";
 
 // ---------------------------------------------------------------------------
 // Mounts and loop devices that clean up after themselves.
@@ -140,8 +138,7 @@ impl Drop for Loop {
 
 /// Root can mount a tmpfs here; otherwise the test is skipped, loudly.
 fn can_mount(what: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !is_root() {
         eprintln!("!!! SKIPPED {what}: needs root to mount a filesystem for the spool");
         return false;
     }
@@ -218,7 +215,7 @@ impl Filler {
 
 /// One message with a unique Message-ID, `size` bytes or so.
 fn message(tag: &str, size: usize) -> Vec<u8> {
-    common::binary::message(&format!("{tag}@disk.test"), FROM, tag, size)
+    support::message::message(&format!("{tag}@disk.test"), FROM, tag, size)
 }
 
 /// Sends one message on a new plaintext session; the final reply.
@@ -232,35 +229,17 @@ async fn send(relay: &Relay, tag: &str, size: usize) -> Reply {
     r
 }
 
-/// Files (any) under `spool/sub`.
-fn files_in(spool: &Path, sub: &str) -> Vec<String> {
-    std::fs::read_dir(spool.join(sub))
-        .map(|d| {
-            d.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// The Message-ID tags a sink received, in arrival order.
 fn received_tags(sink: &Sink) -> Vec<String> {
     sink.messages()
         .iter()
         .map(|m| {
-            let text = String::from_utf8_lossy(m);
-            let start = text.find("Message-ID: <").expect("a Message-ID") + 13;
-            let end = text[start..].find("@disk.test>").unwrap() + start;
-            text[start..end].to_owned()
+            let id = message_id_in(m);
+            id.strip_suffix("@disk.test")
+                .expect("a test Message-ID")
+                .to_owned()
         })
         .collect()
-}
-
-fn assert_alive(relay: &mut Relay) {
-    assert!(
-        relay.proc.exited().is_none(),
-        "the relay died: {}",
-        relay.log()
-    );
 }
 
 fn is_local_trouble(r: &Reply) -> bool {
@@ -302,17 +281,26 @@ async fn a_full_spool_gets_452_nothing_half_written_and_recovers() {
         let r = send(&relay, "before", 2_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
         eventually("first message delivered", 20, || sink.count() == 1).await;
-        eventually("spool empty", 20, || files_in(&spool, "msg").is_empty()).await;
+        eventually("spool empty", 20, || {
+            file_names(&spool.join("msg")).is_empty()
+        })
+        .await;
 
         let filler = Filler::fill(&mount.path);
         assert!(free_bytes(&spool) < PAGE, "{}", free_bytes(&spool));
         for i in 0..3 {
             let r = send(&relay, &format!("full{i}"), 20_000).await;
             assert_eq!(r.status(), "452 4.3.1", "{r:?}");
-            assert!(files_in(&spool, "msg").is_empty(), "nothing left in msg/");
-            assert!(files_in(&spool, "tmp").is_empty(), "store cleans up tmp/");
+            assert!(
+                file_names(&spool.join("msg")).is_empty(),
+                "nothing left in msg/"
+            );
+            assert!(
+                file_names(&spool.join("tmp")).is_empty(),
+                "store cleans up tmp/"
+            );
         }
-        assert_alive(&mut relay);
+        relay.assert_alive();
         assert!(relay.log().contains("cannot spool message"), "logged");
 
         // A restart on the full disk delivers nothing that was refused.
@@ -328,10 +316,13 @@ async fn a_full_spool_gets_452_nothing_half_written_and_recovers() {
         let r = send(&relay, "after", 20_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
         eventually("the message after recovery", 20, || sink.count() == 2).await;
-        eventually("spool empty", 20, || files_in(&spool, "msg").is_empty()).await;
+        eventually("spool empty", 20, || {
+            file_names(&spool.join("msg")).is_empty()
+        })
+        .await;
         tokio::time::sleep(Duration::from_millis(1500)).await;
         assert_eq!(received_tags(&sink), ["before", "after"]);
-        assert_alive(&mut relay);
+        relay.assert_alive();
     })
     .await;
 }
@@ -362,13 +353,20 @@ async fn the_disk_filling_at_each_point_of_a_store() {
             let r = send(&relay, &tag, size).await;
             match r.status().as_str() {
                 "452 4.3.1" => {
-                    assert!(files_in(&spool, "msg").is_empty(), "{pages}: msg/ empty");
-                    assert!(files_in(&spool, "tmp").is_empty(), "{pages}: tmp/ empty");
+                    assert!(
+                        file_names(&spool.join("msg")).is_empty(),
+                        "{pages}: msg/ empty"
+                    );
+                    assert!(
+                        file_names(&spool.join("tmp")).is_empty(),
+                        "{pages}: tmp/ empty"
+                    );
                     refused.push(tag);
                 }
                 "250 2.0.0" => {
                     eventually("delivery", 20, || {
-                        received_tags(&sink).contains(&tag) && files_in(&spool, "msg").is_empty()
+                        received_tags(&sink).contains(&tag)
+                            && file_names(&spool.join("msg")).is_empty()
                     })
                     .await;
                     accepted.push(tag);
@@ -412,8 +410,8 @@ async fn the_disk_filling_mid_message_gets_452_after_its_end() {
         filler.leave(48);
         let r = send(&relay, "mid-data", 1_000_000).await;
         assert_eq!(r.status(), "452 4.3.1", "{r:?}");
-        assert!(files_in(&spool, "tmp").is_empty(), "tmp/ after DATA");
-        assert!(files_in(&spool, "msg").is_empty());
+        assert!(file_names(&spool.join("tmp")).is_empty(), "tmp/ after DATA");
+        assert!(file_names(&spool.join("msg")).is_empty());
 
         let mut c = relay.connect().await;
         c.hello().await;
@@ -437,10 +435,10 @@ async fn the_disk_filling_mid_message_gets_452_after_its_end() {
             replies[failed..].iter().all(|r| r == "452 4.3.1"),
             "{replies:?}"
         );
-        assert!(files_in(&spool, "tmp").is_empty(), "tmp/ after BDAT");
+        assert!(file_names(&spool.join("tmp")).is_empty(), "tmp/ after BDAT");
         c.cmd("RSET", "250").await;
         c.cmd("QUIT", "221").await;
-        assert!(files_in(&spool, "msg").is_empty());
+        assert!(file_names(&spool.join("msg")).is_empty());
 
         filler.remove();
         let r = send(&relay, "after", 1_000_000).await;
@@ -602,7 +600,7 @@ async fn a_read_only_spool_gets_451_and_recovers() {
             let r = send(&relay, &format!("ro{i}"), size).await;
             assert_eq!(r.status(), "451 4.3.0", "EROFS: {r:?}");
         }
-        assert_alive(&mut relay);
+        relay.assert_alive();
         mount.remount("rw");
         let r = send(&relay, "rw", 3_000).await;
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
@@ -649,7 +647,7 @@ async fn an_io_error_from_the_spool_gets_451_and_the_relay_recovers() {
         assert_eq!(r.status(), "250 2.0.0", "{r:?}");
         eventually("delivered", 20, || sink.count() == 1).await;
         eventually("spool empty", 20, || {
-            files_in(&h.spool_dir(), "msg").is_empty()
+            file_names(&h.spool_dir().join("msg")).is_empty()
         })
         .await;
         // The removal after delivery is not fsynced (a crash may deliver
@@ -668,7 +666,7 @@ async fn an_io_error_from_the_spool_gets_451_and_the_relay_recovers() {
             let r = send(&relay, &format!("failing{i}"), 40_000).await;
             assert!(is_local_trouble(&r), "{i}: {r:?}\n{}", relay.log());
             codes.push(r.status());
-            assert_alive(&mut relay);
+            relay.assert_alive();
             if r.status() == "451 4.3.0" {
                 break;
             }
@@ -708,9 +706,9 @@ async fn an_io_error_from_the_spool_gets_451_and_the_relay_recovers() {
         relay.kill();
         let mut relay = Relay::start(&h).await;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        assert_alive(&mut relay);
+        relay.assert_alive();
         assert_eq!(received_tags(&sink), ["healthy", "repaired"]);
-        assert!(files_in(&h.spool_dir(), "tmp").is_empty());
+        assert!(file_names(&h.spool_dir().join("tmp")).is_empty());
         relay.kill();
         sink.stop();
         // Drop order: the mount before the loop device before the backing tmpfs.

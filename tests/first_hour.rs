@@ -2,11 +2,14 @@
 //! binary: what check-config catches, the words its errors use, the help
 //! text, `queue flush` without a relay, the demo's hints.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 
-use common::binary::*;
+use support::binary::{BIN, Output, Proc, Relay, check_config, line_of, run};
+use support::harness::{Harness, TLS_SECTION, verified_upstream_toml};
+use support::sink::Sink;
+use support::wait::{eventually, free_port};
 
 /// A config with no optional section, so each test adds only what it checks.
 const BASE: &str =
@@ -18,10 +21,6 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     path
 }
 
-fn check_config(path: &Path) -> Output {
-    run(&["check-config", "--config", path.to_str().unwrap()])
-}
-
 /// Exit 1 and an error naming `file:line: `key``, whose fix mentions `fix`.
 fn assert_error(out: &Output, path: &Path, line: usize, key: &str, fix: &str) {
     let all = format!("stdout: {}\nstderr: {}", out.stdout, out.stderr);
@@ -30,10 +29,6 @@ fn assert_error(out: &Output, path: &Path, line: usize, key: &str, fix: &str) {
     assert!(out.stderr.contains(&location), "wanted {location:?}; {all}");
     let fix_text = out.stderr.split_once("fix:").map_or("", |(_, f)| f);
     assert!(fix_text.contains(fix), "fix should mention {fix:?}; {all}");
-}
-
-fn line_of(text: &str, needle: &str) -> usize {
-    text.lines().position(|l| l.contains(needle)).unwrap() + 1
 }
 
 // ---------------------------------------------------------------------------
@@ -421,7 +416,7 @@ fn hash_password_on_a_terminal_does_not_echo_the_password() {
 #[tokio::test(flavor = "multi_thread")]
 async fn queue_flush_says_whether_a_relay_will_take_the_request() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
+        let h = Harness::new("");
         let config = h.config_path.to_str().unwrap().to_owned();
         // The spool must exist for the queue commands: a first start makes it.
         let relay = Relay::start(&h).await;
@@ -445,11 +440,10 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
         // The request is kept for the next start, which takes it.
         assert!(h.spool_dir().join("flush-requested").exists());
         let _relay = Relay::start(&h).await;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while h.spool_dir().join("flush-requested").exists() {
-            assert!(std::time::Instant::now() < deadline, "not taken at start");
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-        }
+        eventually("the flush request taken at start", 10, || {
+            !h.spool_dir().join("flush-requested").exists()
+        })
+        .await;
     })
     .await
     .expect("test timed out");
@@ -461,16 +455,8 @@ async fn queue_flush_says_whether_a_relay_will_take_the_request() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_self_signed_warning_comes_once_per_start_and_reload() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
-        let text = std::fs::read_to_string(&h.config_path).unwrap();
-        std::fs::write(
-            &h.config_path,
-            text.replace(
-                "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n",
-                "",
-            ),
-        )
-        .unwrap();
+        let h = Harness::new("");
+        h.edit_config(TLS_SECTION, "");
         let relay = Relay::start(&h).await;
         let count = |log: &str| log.matches("self-signed").count();
         assert_eq!(count(&relay.log()), 1, "{}", relay.log());
@@ -569,7 +555,7 @@ fn the_demo_prints_commands_that_work_and_a_busy_port_suggests_listen() {
 #[tokio::test(flavor = "multi_thread")]
 async fn check_upstreams_explains_tls_failures_and_says_the_connection_worked() {
     tokio::time::timeout(std::time::Duration::from_secs(60), async {
-        let h = common::Harness::new("");
+        let h = Harness::new("");
         // A CA that the upstream wrongly presents as its own certificate.
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = rcgen::CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
@@ -588,9 +574,7 @@ async fn check_upstreams_explains_tls_failures_and_says_the_connection_worked() 
         proper.start().await;
 
         let upstream = |name: &str, port: u16, ca: &str, tls_name: &str| {
-            format!(
-                "[[upstream]]\nname = \"{name}\"\naddress = \"127.0.0.1:{port}\"\ntls = \"required\"\nca_file = \"{ca}\"\ntls_name = \"{tls_name}\"\n\n"
-            )
+            verified_upstream_toml(name, format!("127.0.0.1:{port}"), Path::new(ca), tls_name)
         };
         let text = format!(
             "{}{}{}{}",

@@ -1,16 +1,17 @@
 //! Inputs the fuzz targets (fuzz/fuzz_targets/) found, replayed through a
 //! real session on an in-memory pipe, so they stay fixed without the fuzzer.
 
-mod common;
+mod support;
 
-use common::{plain_harness, send_data};
+use support::client::send_data;
+use support::harness::Harness;
 
 /// fuzz target `session`: an unknown MAIL parameter is echoed in the 555
 /// reply, which was as long as the client made it (634 bytes for a 600-byte
 /// parameter). RFC 5321 §4.5.3.1.5: a reply line is at most 512 octets.
 #[tokio::test]
 async fn echoed_parameter_keeps_the_reply_line_within_512_octets() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -33,7 +34,7 @@ async fn echoed_parameter_keeps_the_reply_line_within_512_octets() {
 /// LF came first on its own; the verdict must not depend on packeting.
 #[tokio::test]
 async fn bare_line_ending_and_nul_get_one_verdict_however_packeted() {
-    let h = plain_harness("[limits]\nbare_line_endings = \"reject\"\n");
+    let h = Harness::plain("[limits]\nbare_line_endings = \"reject\"\n");
     let ctx = h.context();
     let body: &[u8] = b"Subject: x\r\n\r\na\nb\0c\r\n";
     // One write.

@@ -2,14 +2,16 @@
 //! real relay's STARTTLS and implicit-TLS banners, a relay that has stopped,
 //! an SMTP server refusing with 421, and the admin `/healthz` status line.
 
-mod common;
+mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 use std::time::Duration;
 
-use common::binary::*;
+use support::binary::{Output, Proc, run, wait_banner};
+use support::harness::upstream_toml;
+use support::wait::free_port;
 
 /// A relay config in `dir` with `listeners` and a self-signed certificate.
 fn config(dir: &Path, listeners: &str, extra: &str) -> String {
@@ -17,9 +19,8 @@ fn config(dir: &Path, listeners: &str, extra: &str) -> String {
     std::fs::write(
         &path,
         format!(
-            "hostname = \"relay.test\"\n{listeners}\n[queue]\npath = \"spool\"\n{extra}\n\
-             [[upstream]]\nname = \"down\"\naddress = \"127.0.0.1:{}\"\ntls = \"none\"\n",
-            free_port()
+            "hostname = \"relay.test\"\n{listeners}\n[queue]\npath = \"spool\"\n{extra}\n{}",
+            upstream_toml("down", format!("127.0.0.1:{}", free_port()), "none")
         ),
     )
     .unwrap();

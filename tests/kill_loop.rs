@@ -19,7 +19,7 @@
 //! `SMARTHOST_KILL_ROUNDS=N` runs N rounds (within `SMARTHOST_KILL_SECS`,
 //! default 25 min).
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::path::PathBuf;
@@ -30,10 +30,14 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use rustls::pki_types::ServerName;
+use support::binary::{Proc, Relay};
+use support::client::{Client, TlsClient, step};
+use support::deliveries::{Sent, check_deliveries, received, send_tracked};
+use support::harness::Harness;
+use support::message::{message_id_in, queue_id_of, strip_received};
+use support::sink::{Sink, quick_retries_to};
+use support::wait::{eventually, within};
 use tokio::net::TcpStream;
-
-use common::binary::*;
-use common::*;
 
 /// Concurrent clients.
 const SENDERS: usize = 8;
@@ -87,26 +91,12 @@ async fn open_session(port: u16, tls: Arc<rustls::ClientConfig>) -> Result<TlsCl
     Ok(c)
 }
 
-/// One transaction. `fully_sent` is set before the final dot is written: from
-/// then on the relay may have the whole message even if we see no reply.
+/// One transaction, its final reply recorded.
 async fn send_one(c: &mut TlsClient, a: &mut Attempt) -> Result<(), String> {
-    let s = &mut a.sent;
-    step(c, &format!("MAIL FROM:<{}>", s.from), "250").await?;
-    for r in &s.to {
-        step(c, &format!("RCPT TO:<{r}>"), "250").await?;
-    }
-    step(c, "DATA", "354").await?;
-    if !c.try_send(&s.body).await {
-        return Err("body: send failed".into());
-    }
-    s.fully_sent = true;
-    if !c.try_send(b".\r\n").await {
-        return Err("dot: send failed".into());
-    }
-    let r = c.try_reply().await.ok_or("dot: connection closed")?;
+    let r = send_tracked(c, &mut a.sent).await?;
     a.final_reply = Some(r.lines.last().unwrap().clone());
-    s.queued_as = queue_id_of(&r);
-    match &s.queued_as {
+    a.sent.queued_as = queue_id_of(&r);
+    match &a.sent.queued_as {
         Some(_) => Ok(()),
         None => Err(format!("dot: {:?}", r.lines)),
     }
@@ -150,14 +140,7 @@ async fn sender(t: usize, seed: u64, shared: Arc<Shared>, tls: Arc<rustls::Clien
                 rng.random_range(300..6_000)
             };
             let mut a = Attempt {
-                sent: Sent {
-                    body: message(&message_id, &from, "kill loop", size),
-                    message_id,
-                    from,
-                    to,
-                    fully_sent: false,
-                    queued_as: None,
-                },
+                sent: Sent::new(&message_id, &from, to, "kill loop", size),
                 final_reply: None,
             };
             let r = send_one(&mut c, &mut a).await;
@@ -171,11 +154,6 @@ async fn sender(t: usize, seed: u64, shared: Arc<Shared>, tls: Arc<rustls::Clien
             let _ = step(&mut c, "QUIT", "221").await;
         }
     }
-}
-
-fn queue_extra(sinks: &[&Sink]) -> String {
-    let upstreams: String = sinks.iter().map(|s| s.upstream()).collect();
-    format!("retry_min = \"1s\"\nretry_max = \"2s\"\n\n{upstreams}")
 }
 
 fn env_u64(name: &str) -> Option<u64> {
@@ -233,11 +211,9 @@ async fn sigkill_loop_loses_nothing_acknowledged() {
     within(budget.as_secs() + 300, async {
         let mut rng = StdRng::seed_from_u64(seed);
         let base = tempfile::tempdir().unwrap();
-        let mut eu = Sink::new(base.path(), "eu");
-        let mut us = Sink::new(base.path(), "us");
-        eu.start().await;
-        us.start().await;
-        let h = Harness::new(&queue_extra(&[&eu, &us]));
+        let mut eu = Sink::started(base.path(), "eu").await;
+        let mut us = Sink::started(base.path(), "us").await;
+        let h = Harness::new(&quick_retries_to(&[&eu, &us]));
         let tls = h.ca.client_config();
         let mut relay = Relay::start(&h).await;
         let shared = Arc::new(Shared {

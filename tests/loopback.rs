@@ -1,13 +1,16 @@
 //! The relay on real loopback sockets with real TLS handshakes.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 
-use common::*;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
+use support::client::{Client, send_data, tls_session};
+use support::harness::{Harness, TLS_SECTION};
+use support::message::{message_of_size, strip_received};
+use support::pki::HOSTNAME;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -102,10 +105,7 @@ async fn smuggled_end_of_data_variants_stay_one_message() {
 
 #[tokio::test]
 async fn plaintext_pipelined_after_starttls_never_runs() {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-        "",
-    );
+    let h = Harness::plain("");
     let relay = h.start().await;
     let mut c = relay.connect().await;
     c.hello().await;
@@ -282,7 +282,7 @@ async fn windows_2012_r2_style_tls12_ecdsa_p256_without_sni() {
 async fn rsa_and_ecdsa_certificates_are_chosen_per_client_hello() {
     let h = Harness::new("");
     let (rsa_cert, rsa_key) = h.ca.rsa_certificate(h.dir.path());
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
+    h.edit_config(
         "private_key = \"server.key\"\n",
         &format!(
             "private_key = \"server.key\"\n\n[[tls.additional]]\ncertificate = \"{}\"\nprivate_key = \"{}\"\n",
@@ -290,7 +290,6 @@ async fn rsa_and_ecdsa_certificates_are_chosen_per_client_hello() {
             rsa_key.display()
         ),
     );
-    std::fs::write(&h.config_path, text).unwrap();
     let relay = h.start().await;
     let default = rustls::crypto::ring::default_provider;
     let name = || ServerName::try_from("relay.test").unwrap();
@@ -325,11 +324,7 @@ async fn rsa_and_ecdsa_certificates_are_chosen_per_client_hello() {
 #[tokio::test]
 async fn without_a_tls_section_a_self_signed_ecdsa_certificate_is_made() {
     let h = Harness::new("");
-    let text = std::fs::read_to_string(&h.config_path).unwrap().replace(
-        "[tls]\ncertificate = \"server.crt\"\nprivate_key = \"server.key\"\n",
-        "",
-    );
-    std::fs::write(&h.config_path, text).unwrap();
+    h.edit_config(TLS_SECTION, "");
     assert!(h.config().tls.is_none());
     let relay = h.start().await;
     let chain = handshake(

@@ -6,108 +6,26 @@
 //! a test failure, never a skip. Every tool runs with a time limit and is
 //! killed if it overruns.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::*;
 use smarthost::spool::Envelope;
+use support::harness::Harness;
+use support::message::dot_stuff;
+use support::message::strip_received;
+use support::pki::TestCa;
+use support::tools::{INSTALL_HINT, Ran, TOOL_TIMEOUT, repo, require, run_tool};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 
-/// How long any one tool may run.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
-
-const INSTALL_HINT: &str =
-    "the third-party SMTP peers are missing: run scripts/install-test-deps.sh (as root) first";
-
 /// Exim's binary as tests/peers/exim/install.sh unpacks it.
 const EXIM: &str = "/opt/exim/usr/sbin/exim4";
-
-/// The full path of `program` (searched in PATH unless it has a `/`); panics
-/// with the install hint when it is not there.
-fn require(program: &str) -> PathBuf {
-    let executable = |p: &Path| {
-        use std::os::unix::fs::PermissionsExt;
-        p.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.contains('/') {
-        let p = PathBuf::from(program);
-        assert!(executable(&p), "{program} not found: {INSTALL_HINT}");
-        return p;
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join(program))
-        .find(|p| executable(p))
-        .unwrap_or_else(|| panic!("`{program}` not found in PATH: {INSTALL_HINT}"))
-}
-
-/// What a finished tool left behind.
-struct Ran {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Ran {
-    fn code(&self) -> Option<i32> {
-        self.status.code()
-    }
-
-    /// Everything it printed, for assertion messages.
-    fn output(&self) -> String {
-        format!(
-            "exit {:?}\n--- stdout\n{}\n--- stderr\n{}",
-            self.status, self.stdout, self.stderr
-        )
-    }
-
-    /// Asserts that stdout contains each of `needles`.
-    #[track_caller]
-    fn assert_stdout_has(&self, needles: &[&str]) {
-        for needle in needles {
-            assert!(self.stdout.contains(needle), "{}", self.output());
-        }
-    }
-}
-
-/// Runs `cmd` to completion with `input` on its stdin, within TOOL_TIMEOUT
-/// (the child is killed if it overruns).
-async fn run(cmd: &mut Command, input: &[u8]) -> Ran {
-    let what = format!("{:?}", cmd.as_std());
-    let mut child = cmd
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {what}: {e}; {INSTALL_HINT}"));
-    let mut stdin = child.stdin.take().unwrap();
-    let input = input.to_vec();
-    // Written alongside the wait so a tool that reads late cannot deadlock us;
-    // an early exit (broken pipe) is the tool's business, judged by its output.
-    let writer = tokio::spawn(async move {
-        let _ = stdin.write_all(&input).await;
-    });
-    let output = tokio::time::timeout(TOOL_TIMEOUT, child.wait_with_output())
-        .await
-        .unwrap_or_else(|_| panic!("{what} still running after {TOOL_TIMEOUT:?}; killed"))
-        .unwrap();
-    writer.await.unwrap();
-    Ran {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
-    }
-}
 
 /// A message with full headers (so no client adds any), CRLF line ends, a
 /// line starting with a dot, one of two dots, and 8-bit UTF-8 text.
@@ -161,7 +79,7 @@ async fn swaks(port: u16, data: &Path, extra: &[&str]) -> Ran {
         .arg("--data")
         .arg(format!("@{}", data.display()))
         .args(extra);
-    run(&mut cmd, b"").await
+    run_tool(&mut cmd, b"").await
 }
 
 /// `--data @file` contents that make swaks send exactly `message`: swaks
@@ -408,19 +326,6 @@ async fn s_client_transaction(h: &Harness, port: u16, tls_args: &[&str], body: &
     }
 }
 
-/// The message as openssl sends it (dot-stuffed by hand) and as it must be
-/// spooled.
-fn stuffed(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    for line in message.split_inclusive(|&b| b == b'\n') {
-        if line.starts_with(b".") {
-            out.push(b'.');
-        }
-        out.extend_from_slice(line);
-    }
-    out
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn openssl_tls12_ecdhe_ecdsa_aes128_gcm_p256_as_exchange_2012r2() {
     let h = Harness::new("");
@@ -436,7 +341,7 @@ async fn openssl_tls12_ecdhe_ecdsa_aes128_gcm_p256_as_exchange_2012r2() {
             "-groups",
             "P-256",
         ],
-        &stuffed(&sent),
+        &dot_stuff(&sent),
     )
     .await;
     assert!(ran.status.success(), "{}", ran.output());
@@ -468,7 +373,7 @@ async fn openssl_tls13_p256() {
             "-groups",
             "P-256",
         ],
-        &stuffed(&sent),
+        &dot_stuff(&sent),
     )
     .await;
     assert!(ran.status.success(), "{}", ran.output());
@@ -498,7 +403,7 @@ async fn exim_send(h: &Harness, port: u16, message: &[u8]) -> (Ran, String) {
         .env("EXIM", EXIM)
         .env("EXIM_KEEP", "1")
         .env("EXIM_DEBUG", "-d+transport");
-    let ran = run(&mut cmd, message).await;
+    let ran = run_tool(&mut cmd, message).await;
     let kept = ran
         .stderr
         .lines()

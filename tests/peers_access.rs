@@ -2,44 +2,25 @@
 //! AUTH LOGIN and PLAIN, and PROXY headers sent by haproxy and by swaks.
 //! The tools come from scripts/install-test-deps.sh; a missing one fails.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Stdio;
-use std::time::Duration;
 
-use common::binary::free_port;
-use common::*;
+use support::auth::hash;
+use support::harness::Harness;
+use support::tools::{require, run_tool};
+use support::wait::{free_port, wait_listening};
 use tokio::process::Command;
 
 const PASSWORD: &str = "s3cret-Exchange-password";
 
-fn tool(name: &str) -> &str {
-    assert!(
-        std::process::Command::new("sh")
-            .args(["-c", &format!("command -v {name}")])
-            .stdout(Stdio::null())
-            .status()
-            .unwrap()
-            .success(),
-        "{name} is not installed: run scripts/install-test-deps.sh"
-    );
-    name
-}
-
-/// Runs a command to completion within 60 s; returns (success, stdout+stderr).
+/// Runs a command to completion within the tool time limit; returns
+/// (success, everything it printed).
 async fn run(cmd: &mut Command) -> (bool, String) {
-    let out = tokio::time::timeout(Duration::from_secs(60), cmd.kill_on_drop(true).output())
-        .await
-        .expect("finished within 60 s")
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    let ran = run_tool(cmd, b"").await;
+    (ran.status.success(), ran.output())
 }
 
 /// Only authenticated clients may relay (no relay_networks).
@@ -53,7 +34,7 @@ fn auth_only_harness() -> Harness {
 }
 
 fn swaks(relay: SocketAddr, ca: &Path) -> Command {
-    let mut cmd = Command::new(tool("swaks"));
+    let mut cmd = Command::new(require("swaks"));
     cmd.args([
         "--server",
         &relay.ip().to_string(),
@@ -118,19 +99,6 @@ async fn swaks_auth_login_and_plain_relay_and_a_wrong_password_does_not() {
     relay.stop().await;
 }
 
-/// A relay behind a PROXY-speaking listener: 127.0.0.1 is the trusted proxy
-/// and only 127.0.0.3 may relay.
-fn proxied_harness() -> Harness {
-    let h = Harness::with_listeners(
-        "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nproxy_protocol = true\n",
-        "",
-    );
-    h.replace_access_line(
-        "relay_networks = [\"127.0.0.3/32\"]\ntrusted_proxies = [\"127.0.0.1/32\"]",
-    );
-    h
-}
-
 /// haproxy in front of the relay: one frontend per PROXY version.
 struct Haproxy {
     child: tokio::process::Child,
@@ -149,7 +117,7 @@ async fn start_haproxy(dir: &Path, relay: SocketAddr) -> Haproxy {
     );
     let path = dir.join("haproxy.cfg");
     std::fs::write(&path, config).unwrap();
-    let child = Command::new(tool("haproxy"))
+    let mut child = Command::new(require("haproxy"))
         .arg("-db")
         .arg("-f")
         .arg(&path)
@@ -158,21 +126,15 @@ async fn start_haproxy(dir: &Path, relay: SocketAddr) -> Haproxy {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", v2))
-            .await
-            .is_ok()
-        {
-            return Haproxy { child, v1, v2 };
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
+    for port in [v1, v2] {
+        wait_listening(port, "haproxy", &mut child).await;
     }
-    panic!("haproxy did not start");
+    Haproxy { child, v1, v2 }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn haproxy_send_proxy_v1_and_v2_carry_the_client_address() {
-    let h = proxied_harness();
+    let h = Harness::behind_proxy("127.0.0.3/32");
     let relay = h.start().await;
     let mut haproxy = start_haproxy(h.dir.path(), relay.addr()).await;
     for port in [haproxy.v1, haproxy.v2] {
@@ -202,7 +164,7 @@ async fn haproxy_send_proxy_v1_and_v2_carry_the_client_address() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn swaks_proxy_headers_trusted_and_untrusted() {
-    let h = proxied_harness();
+    let h = Harness::behind_proxy("127.0.0.3/32");
     let relay = h.start().await;
     for (version, family) in [("1", "TCP4"), ("2", "AF_INET")] {
         let (ok, out) = run(swaks(relay.addr(), &h.ca_path()).args([

@@ -7,16 +7,21 @@
 //! a test failure, never a skip. Every peer runs with a time limit and is
 //! killed when its test ends.
 
-mod common;
+mod support;
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use common::binary::{eventually, free_port};
-use common::*;
 use smarthost::spool::RecipientStatus;
+use support::client::{send_data, tls_session};
+use support::harness::{Harness, Running, upstream_toml, verified_upstream_toml};
+use support::message::{crlf_to_lf, dot_stuff, strip_received};
+use support::pki::HOSTNAME;
+use support::smtp_sink::{Dump, SmtpSink};
+use support::tools::{INSTALL_HINT, repo};
+use support::wait::{eventually, free_port, wait_listening};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
@@ -24,43 +29,17 @@ const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 const TO2: &str = "second@partner.example";
 
-const INSTALL_HINT: &str =
-    "a third-party SMTP upstream is missing: run scripts/install-test-deps.sh (as root) first";
-
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
-
-/// How long a peer may take to start listening.
+/// How long a peer may take to say it is ready.
 const START_TIMEOUT: Duration = Duration::from_secs(15);
 
-fn executable(p: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
-/// Waits until something accepts connections on `port` (START_TIMEOUT at most).
-async fn wait_listening(port: u16, what: &str, child: &mut Child) {
-    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            panic!("{what} exited before listening: {status}");
-        }
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_ok()
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{what} not listening on 127.0.0.1:{port} after {START_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+/// The relay's one upstream, "real", on `port`: plaintext, or TLS verified
+/// against the harness CA under `tls_name`.
+fn upstream(port: u16, tls_name: Option<&str>) -> String {
+    let address = format!("127.0.0.1:{port}");
+    match tls_name {
+        None => upstream_toml("real", address, "none"),
+        Some(name) => verified_upstream_toml("real", address, Path::new("ca.pem"), name),
     }
-}
-
-fn upstream_toml(port: u16, tls: &str) -> String {
-    format!("[[upstream]]\nname = \"real\"\naddress = \"127.0.0.1:{port}\"\ntls = \"{tls}\"\n")
 }
 
 /// Fast retries, so that a deferred message is tried again within seconds.
@@ -114,20 +93,6 @@ fn message(tag: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// RFC 5321 §4.5.2 transparency, as a client sends the message.
-fn dot_stuff(message: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(message.len() + 16);
-    let mut at_line_start = true;
-    for &b in message {
-        if at_line_start && b == b'.' {
-            out.push(b'.');
-        }
-        out.push(b);
-        at_line_start = b == b'\n';
-    }
-    out
-}
-
 /// Sends each message over one TLS session with DATA (dot-stuffed), 250 each.
 async fn submit(relay: &Running, h: &Harness, rcpts: &[&str], messages: &[Vec<u8>]) {
     let c = relay.connect().await;
@@ -148,141 +113,18 @@ async fn submit(relay: &Running, h: &Harness, rcpts: &[&str], messages: &[Vec<u8
 
 // ------------------------------------------------------------------ smtp-sink
 
-/// Postfix's smtp-sink on a loopback port, capturing every transaction to its
-/// own file (`-d`) and logging the conversation (`-v`).
-struct SmtpSink {
-    /// Kept so the capture directory outlives the process.
-    _dir: tempfile::TempDir,
-    dumps: PathBuf,
-    log: PathBuf,
-    /// Killed when dropped.
-    _child: Child,
-}
-
-/// One transaction as smtp-sink captured it.
-#[derive(Debug)]
-struct Dump {
-    mail_args: String,
-    rcpt_args: Vec<String>,
-    /// The message as received: LF line ends (smtp-sink writes lines), dots
-    /// unstuffed, without smtp-sink's own headers and final empty line.
-    message: Vec<u8>,
-}
-
-impl SmtpSink {
-    /// Starts smtp-sink on `port` with extra (fault) options.
-    async fn start(port: u16, faults: &[&str]) -> SmtpSink {
-        assert!(
-            executable(Path::new(SMTP_SINK)),
-            "{SMTP_SINK}: {INSTALL_HINT}"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let dumps = dir.path().join("dumps");
-        fs::create_dir(&dumps).unwrap();
-        let log = dir.path().join("smtp-sink.log");
-        let mut cmd = Command::new(SMTP_SINK);
-        if is_root() {
-            // smtp-sink refuses to run as root without -u; the unprivileged
-            // user must be able to write the captures.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-            fs::set_permissions(&dumps, fs::Permissions::from_mode(0o777)).unwrap();
-            cmd.args(["-u", "nobody"]);
-        }
-        cmd.arg("-v")
-            .arg("-d")
-            .arg(dumps.join("m."))
-            .args(faults)
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("20")
-            .stdin(Stdio::null())
-            .stdout(fs::File::create(dir.path().join("stdout")).unwrap())
-            .stderr(fs::File::create(&log).unwrap())
-            .kill_on_drop(true);
-        let mut child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {SMTP_SINK}: {e}; {INSTALL_HINT}"));
-        wait_listening(port, "smtp-sink", &mut child).await;
-        SmtpSink {
-            _dir: dir,
-            dumps,
-            log,
-            _child: child,
-        }
-    }
-
-    /// The conversation smtp-sink logged (-v): one line per command.
-    fn commands(&self) -> Vec<String> {
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix(&format!("{SMTP_SINK}: ")))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Commands logged that begin with `prefix`.
-    fn count(&self, prefix: &str) -> usize {
-        self.commands()
-            .iter()
-            .filter(|c| c.starts_with(prefix))
-            .count()
-    }
-
-    /// Every complete capture (its message's last line is "end <tag>").
-    fn dumps(&self) -> Vec<Dump> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dumps).unwrap() {
-            let bytes = fs::read(entry.unwrap().path()).unwrap();
-            if let Some(d) = parse_dump(&bytes) {
-                out.push(d);
-            }
-        }
-        out
-    }
-}
-
-/// A capture: `X-...:` lines, smtp-sink's three-line Received header, the
-/// message, an empty line. None while it is still being written.
-fn parse_dump(bytes: &[u8]) -> Option<Dump> {
-    let text = String::from_utf8_lossy(bytes);
-    if !text.ends_with("\n\n") {
-        return None;
-    }
-    let mut mail_args = None;
-    let mut rcpt_args = Vec::new();
-    let mut pos = 0;
-    let lines = bytes.split_inclusive(|&b| b == b'\n');
-    let mut lines = lines.peekable();
-    while let Some(line) = lines.next() {
-        pos += line.len();
-        let l = String::from_utf8_lossy(line);
-        let l = l.trim_end();
-        if let Some(v) = l.strip_prefix("X-Mail-Args: ") {
-            mail_args = Some(v.to_owned());
-        } else if let Some(v) = l.strip_prefix("X-Rcpt-Args: ") {
-            rcpt_args.push(v.to_owned());
-        } else if l.starts_with("Received: ") {
-            // Its continuation lines begin with a tab.
-            while lines.peek().is_some_and(|n| n.starts_with(b"\t")) {
-                pos += lines.next().unwrap().len();
-            }
-            break;
-        }
-    }
-    let message = bytes[pos..bytes.len() - 1].to_vec();
-    let last = message[..message.len() - 1]
-        .rsplit(|&b| b == b'\n')
-        .next()
-        .unwrap_or_default();
-    if !last.starts_with(b"end ") {
-        return None;
-    }
-    Some(Dump {
-        mail_args: mail_args?,
-        rcpt_args,
-        message,
-    })
+/// smtp-sink's complete captures of `message`s (whose last line is
+/// "end <tag>": a capture cut at an empty line is not one).
+fn tagged(sink: &SmtpSink) -> Vec<Dump> {
+    sink.dumps()
+        .into_iter()
+        .filter(|d| {
+            d.message[..d.message.len().saturating_sub(1)]
+                .rsplit(|&b| b == b'\n')
+                .next()
+                .is_some_and(|last| last.starts_with(b"end "))
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -290,7 +132,7 @@ async fn smtp_sink_gets_all_twenty_and_the_bytes_the_relay_spooled() {
     // The upstream is down at first: the first message is deferred, which
     // leaves its exact spooled bytes (our Received header + body) to read.
     let port = free_port();
-    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream_toml(port, "none")));
+    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream(port, None)));
     let relay = h.start().await;
     let first = message("sink-0");
     submit(&relay, &h, &[TO, TO2], std::slice::from_ref(&first)).await;
@@ -305,13 +147,13 @@ async fn smtp_sink_gets_all_twenty_and_the_bytes_the_relay_spooled() {
     let rest: Vec<Vec<u8>> = (1..20).map(|i| message(&format!("sink-{i}"))).collect();
     submit(&relay, &h, &[TO, TO2], &rest).await;
     eventually("20 messages captured by smtp-sink", 30, || {
-        sink.dumps().len() >= 20
+        tagged(&sink).len() >= 20
     })
     .await;
     eventually("an empty queue", 30, || h.spool_files() == 0).await;
     // Exactly once each: no duplicates after the queue emptied.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let dumps = sink.dumps();
+    let dumps = tagged(&sink);
     assert_eq!(dumps.len(), 20, "{:?}", sink.commands());
     for i in 0..20 {
         let end = format!("\nend sink-{i}\n");
@@ -370,7 +212,7 @@ async fn smtp_sink_temporary_failures_defer_with_the_upstream_reply() {
     for (faults, expect) in cases {
         let port = free_port();
         let sink = SmtpSink::start(port, faults).await;
-        let h = Harness::new(&format!("{FAST_RETRY}{}", upstream_toml(port, "none")));
+        let h = Harness::new(&format!("{FAST_RETRY}{}", upstream(port, None)));
         let relay = h.start().await;
         submit(&relay, &h, &[TO], &[message("temp")]).await;
         // Deferred with the reply, then tried again (retry_min 1s), and still
@@ -413,7 +255,7 @@ async fn smtp_sink_temporary_failures_defer_with_the_upstream_reply() {
 async fn smtp_sink_5xx_to_rcpt_fails_once_and_bounces_to_the_sender() {
     let port = free_port();
     let sink = SmtpSink::start(port, &["-f", "RCPT", "-B", "550 5.1.1 no such user here"]).await;
-    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream_toml(port, "none")));
+    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream(port, None)));
     let relay = h.start().await;
     submit(&relay, &h, &[TO], &[message("hard")]).await;
     // The bounce goes to the sender through the same upstream (which refuses
@@ -442,7 +284,7 @@ async fn smtp_sink_5xx_to_rcpt_fails_once_and_bounces_to_the_sender() {
 async fn smtp_sink_5xx_after_the_data_fails_and_the_bounce_carries_the_reply() {
     let port = free_port();
     let sink = SmtpSink::start(port, &["-f", ".", "-B", "554 5.6.0 content rejected"]).await;
-    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream_toml(port, "none")));
+    let h = Harness::new(&format!("{FAST_RETRY}{}", upstream(port, None)));
     let relay = h.start().await;
     submit(&relay, &h, &[TO], &[message("refused")]).await;
     eventually("an empty queue", 30, || h.spool_files() == 0).await;
@@ -450,9 +292,9 @@ async fn smtp_sink_5xx_after_the_data_fails_and_the_bounce_carries_the_reply() {
     // the original and our DSN (which it refuses as well).
     let mut bounce = None;
     eventually("the bounce captured", 30, || {
-        bounce = fs::read_dir(&sink.dumps)
-            .unwrap()
-            .map(|e| fs::read(e.unwrap().path()).unwrap())
+        bounce = sink
+            .captures()
+            .into_iter()
             .find(|b| b.windows(15).any(|w| w == b"X-Mail-Args: <>"))
             .filter(|b| b.ends_with(b"--\n\n"));
         bounce.is_some()
@@ -522,7 +364,12 @@ struct Received {
 }
 
 impl Aiosmtpd {
-    async fn start(port: u16, cert: &Path, key: &Path) -> Aiosmtpd {
+    /// On `port`, with the harness's server certificate.
+    async fn start(port: u16, h: &Harness) -> Aiosmtpd {
+        let (cert, key) = (
+            h.dir.path().join("server.crt"),
+            h.dir.path().join("server.key"),
+        );
         let python = python_with_aiosmtpd();
         let dir = tempfile::tempdir().unwrap();
         let mut child = Command::new(&python)
@@ -532,9 +379,9 @@ impl Aiosmtpd {
             .arg("--dir")
             .arg(dir.path())
             .arg("--cert")
-            .arg(cert)
+            .arg(&cert)
             .arg("--key")
-            .arg(key)
+            .arg(&key)
             .args(["--max-seconds", "180"])
             // Its stdin closing (this test gone) stops it too.
             .stdin(Stdio::piped())
@@ -575,8 +422,8 @@ impl Aiosmtpd {
 async fn aiosmtpd_over_verified_starttls_gets_the_spooled_bytes_and_envelope() {
     let port = free_port();
     let h = Harness::new(&format!(
-        "{FAST_RETRY}{}ca_file = \"ca.pem\"\ntls_name = \"localhost\"\n",
-        upstream_toml(port, "required")
+        "{FAST_RETRY}{}",
+        upstream(port, Some("localhost"))
     ));
     let relay = h.start().await;
     // Deferred first (aiosmtpd not yet started) to read the exact spooled bytes.
@@ -586,12 +433,7 @@ async fn aiosmtpd_over_verified_starttls_gets_the_spooled_bytes_and_envelope() {
     let (_, spooled) = h.spooled().into_iter().next().unwrap();
     assert_eq!(strip_received(&spooled), m.as_slice());
 
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     eventually("delivery to aiosmtpd", 30, || up.received().len() == 1).await;
     eventually("an empty queue", 30, || h.spool_files() == 0).await;
     let got = &up.received()[0];
@@ -624,15 +466,10 @@ async fn aiosmtpd_over_verified_starttls_gets_the_spooled_bytes_and_envelope() {
 async fn aiosmtpd_with_a_name_its_certificate_lacks_gets_nothing() {
     let port = free_port();
     let h = Harness::new(&format!(
-        "{FAST_RETRY}{}ca_file = \"ca.pem\"\ntls_name = \"not-in-the-certificate.test\"\n",
-        upstream_toml(port, "required")
+        "{FAST_RETRY}{}",
+        upstream(port, Some("not-in-the-certificate.test"))
     ));
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     let relay = h.start().await;
     submit(&relay, &h, &[TO], &[message("unverified")]).await;
     let (reply, _) = wait_deferred(&h, "deferral: the certificate does not verify").await;
@@ -653,15 +490,10 @@ async fn aiosmtpd_receives_quoted_local_parts_as_sent_and_nothing_is_lost() {
     // and the message accepted with 250 was gone.
     let port = free_port();
     let h = Harness::new(&format!(
-        "{FAST_RETRY}{}ca_file = \"ca.pem\"\ntls_name = \"localhost\"\n",
-        upstream_toml(port, "required")
+        "{FAST_RETRY}{}",
+        upstream(port, Some("localhost"))
     ));
-    let up = Aiosmtpd::start(
-        port,
-        &h.dir.path().join("server.crt"),
-        &h.dir.path().join("server.key"),
-    )
-    .await;
+    let up = Aiosmtpd::start(port, &h).await;
     let relay = h.start().await;
     let mut c = tls_session(relay.connect().await, &h.ca).await;
     let from = "\"john smith\"@tenant.example";

@@ -5,13 +5,19 @@
 //! reload, every message gets its `250`, and every acknowledged message
 //! reaches an upstream byte for byte.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::binary::*;
-use common::*;
+use support::auth::hash;
+use support::binary::Relay;
+use support::client::{Client, tls_session};
+use support::deliveries::{Sent, check_deliveries};
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::sink::Sink;
+use support::wait::{eventually, within};
 
 const CLIENTS: usize = 4;
 const PER_CLIENT: usize = 40;

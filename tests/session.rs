@@ -1,9 +1,14 @@
 //! Session transcripts driven over an in-memory pipe: raw bytes in, exact
 //! reply codes out. TLS here is a real rustls handshake over the pipe.
 
-mod common;
+mod support;
 
-use common::*;
+use std::time::Duration;
+
+use support::client::{send_data, tls_session};
+use support::harness::Harness;
+use support::message::{message_of_size, strip_received};
+use support::pki::HOSTNAME;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
@@ -97,7 +102,7 @@ async fn bytes_pipelined_after_starttls_close_the_connection() {
 
 #[tokio::test]
 async fn starttls_forgets_the_session() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut p = h.session(&ctx, "127.0.0.1:4000");
     p.hello().await;
@@ -147,7 +152,7 @@ async fn a_full_transaction_is_spooled_with_one_received_header() {
 
 #[tokio::test]
 async fn pipelined_transaction_in_one_packet() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -182,7 +187,7 @@ async fn pipelined_transaction_in_one_packet() {
 
 #[tokio::test]
 async fn data_with_a_lone_dot_first_is_an_empty_message() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -208,7 +213,7 @@ const SMUGGLING: &[&[u8]] = &[
 
 #[tokio::test]
 async fn smuggling_payloads_stay_one_message_when_normalised() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -235,7 +240,7 @@ async fn smuggling_payloads_stay_one_message_when_normalised() {
 
 #[tokio::test]
 async fn smuggling_payloads_are_refused_in_reject_mode() {
-    let h = plain_harness("[limits]\nbare_line_endings = \"reject\"\n");
+    let h = Harness::plain("[limits]\nbare_line_endings = \"reject\"\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -270,7 +275,7 @@ fn assert_no_bare_line_endings(msg: &[u8]) {
 
 #[tokio::test]
 async fn oversize_is_read_to_the_end_then_552_and_the_session_goes_on() {
-    let h = plain_harness("[limits]\nmax_message_size = 1000\n");
+    let h = Harness::plain("[limits]\nmax_message_size = 1000\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -297,7 +302,7 @@ async fn oversize_is_read_to_the_end_then_552_and_the_session_goes_on() {
 
 #[tokio::test]
 async fn bdat_chunks_down_to_zero_last() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -325,7 +330,7 @@ async fn bdat_chunks_down_to_zero_last() {
 
 #[tokio::test]
 async fn bdat_without_a_transaction_is_503_and_its_bytes_are_consumed() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -344,7 +349,7 @@ async fn bdat_without_a_transaction_is_503_and_its_bytes_are_consumed() {
 
 #[tokio::test]
 async fn recipient_limit_and_mail_loops() {
-    let h = plain_harness("[limits]\nmax_recipients = 3\n");
+    let h = Harness::plain("[limits]\nmax_recipients = 3\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -377,7 +382,7 @@ async fn recipient_limit_and_mail_loops() {
 
 #[tokio::test]
 async fn bad_input_gets_the_rfc_reply() {
-    let h = plain_harness("[limits]\nmax_errors = 100\n");
+    let h = Harness::plain("[limits]\nmax_errors = 100\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -419,7 +424,7 @@ async fn bad_input_gets_the_rfc_reply() {
 
 #[tokio::test]
 async fn ten_mebibytes_without_a_newline_is_one_500_then_back_in_sync() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -439,7 +444,7 @@ async fn ten_mebibytes_without_a_newline_is_one_500_then_back_in_sync() {
 
 #[tokio::test]
 async fn http_first_line_closes_at_once() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.expect("220").await;
@@ -447,29 +452,21 @@ async fn http_first_line_closes_at_once() {
     assert!(c.try_reply().await.is_none(), "no reply to HTTP");
 }
 
-#[tokio::test]
+// The clock is paused: it jumps to the next timer whenever every task
+// waits, so the session's delays and deadlines take no real time.
+#[tokio::test(start_paused = true)]
 async fn client_talking_before_the_banner_is_refused() {
-    let h = plain_harness("[limits]\nbanner_delay = \"300ms\"\n");
+    let h = Harness::plain("[limits]\nbanner_delay = \"5s\"\n");
     let ctx = h.context();
-    let (mut client, server) = tokio::io::duplex(4096);
-    use tokio::io::AsyncWriteExt;
-    client.write_all(b"EHLO eager.example\r\n").await.unwrap();
-    let session = smarthost::session::Session::new(
-        ctx.clone(),
-        ctx.config.listeners[0].clone(),
-        "127.0.0.1:5".parse().unwrap(),
-        Box::new(server),
-        tokio_util::sync::CancellationToken::new(),
-    );
-    tokio::spawn(session.run());
-    let mut c = Client::new(client);
+    let mut c = h.session(&ctx, "127.0.0.1:5");
+    c.send("EHLO eager.example\r\n").await;
     c.expect("554 5.5.0").await;
     assert!(c.closed().await);
 }
 
 #[tokio::test]
 async fn too_many_errors_end_the_session() {
-    let h = plain_harness("[limits]\nmax_errors = 3\n");
+    let h = Harness::plain("[limits]\nmax_errors = 3\n");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -481,29 +478,37 @@ async fn too_many_errors_end_the_session() {
     assert!(c.closed().await);
 }
 
-#[tokio::test]
+/// The real defaults (command_timeout 5 minutes, data_timeout 10), on a
+/// paused clock.
+#[tokio::test(start_paused = true)]
 async fn idle_and_slow_clients_time_out() {
-    let h = plain_harness("[limits]\ncommand_timeout = \"300ms\"\ndata_timeout = \"300ms\"\n");
+    let h = Harness::plain("[limits]\ncommand_timeout = \"5m\"\ndata_timeout = \"10m\"\n");
     let ctx = h.context();
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    let session = || {
+        let mut c = h.session(&ctx, "127.0.0.1:4000");
+        c.reply_timeout = Duration::from_secs(3600);
+        c
+    };
+    let mut c = session();
     c.hello().await;
     c.expect("421 4.4.2").await;
     assert!(c.closed().await);
-    // A command trickled a byte at a time is bounded by its deadline, not per byte.
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    // A command trickled a byte at a time is bounded by its deadline, not per
+    // byte: a byte every 30 s, 19 bytes.
+    let mut c = session();
     c.hello().await;
     let trickle = async {
         for b in b"NOOP NOOP NOOP NOOP" {
             if !c.try_send([*b]).await {
                 break;
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
         }
     };
     trickle.await;
     c.expect("421 4.4.2").await;
     // Stalling inside DATA.
-    let mut c = h.session(&ctx, "127.0.0.1:4000");
+    let mut c = session();
     c.hello().await;
     c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
     c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
@@ -515,7 +520,7 @@ async fn idle_and_slow_clients_time_out() {
 
 #[tokio::test]
 async fn strangers_may_not_relay_and_nothing_is_spooled() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "192.0.2.7:4000");
     c.hello().await;
@@ -544,15 +549,11 @@ async fn strangers_may_not_relay_and_nothing_is_spooled() {
 
 #[tokio::test]
 async fn sender_domains_restrict_mail_from() {
-    let h = plain_harness("");
-    std::fs::write(
-        &h.config_path,
-        std::fs::read_to_string(&h.config_path).unwrap().replace(
-            "[access]\n",
-            "[access]\nsender_domains = [\"tenant.example\"]\n",
-        ),
-    )
-    .unwrap();
+    let h = Harness::plain("");
+    h.edit_config(
+        "[access]\n",
+        "[access]\nsender_domains = [\"tenant.example\"]\n",
+    );
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -564,7 +565,7 @@ async fn sender_domains_restrict_mail_from() {
 
 #[tokio::test]
 async fn spool_failure_is_451_never_250() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
@@ -576,19 +577,10 @@ async fn spool_failure_is_451_never_250() {
 
 #[tokio::test]
 async fn shutdown_ends_idle_sessions_with_421() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
-    let (client, server) = tokio::io::duplex(4096);
     let token = tokio_util::sync::CancellationToken::new();
-    let session = smarthost::session::Session::new(
-        ctx.clone(),
-        ctx.config.listeners[0].clone(),
-        "127.0.0.1:5".parse().unwrap(),
-        Box::new(server),
-        token.clone(),
-    );
-    tokio::spawn(session.run());
-    let mut c = Client::new(client);
+    let mut c = h.session_until(&ctx, "127.0.0.1:5", token.clone());
     c.hello().await;
     c.cmd(&format!("MAIL FROM:<{FROM}>"), "250").await;
     c.cmd(&format!("RCPT TO:<{TO}>"), "250").await;
@@ -604,7 +596,7 @@ async fn shutdown_ends_idle_sessions_with_421() {
 
 #[tokio::test]
 async fn dsn_parameters_are_kept_in_the_envelope() {
-    let h = plain_harness("");
+    let h = Harness::plain("");
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;

@@ -2,81 +2,14 @@
 //! BDAT chunks, STARTTLS with the test CA, the JSON sidecar, limits,
 //! concurrency, shutdown, and swaks as a real third-party client.
 
-mod common;
+mod support;
 
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
-use common::*;
-use tokio::net::TcpStream;
-use tokio_util::sync::CancellationToken;
-
-/// A sink on 127.0.0.1, writing into its own temporary directory.
-struct Sink {
-    addr: SocketAddr,
-    dir: tempfile::TempDir,
-    shutdown: CancellationToken,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-}
-
-impl Sink {
-    async fn start(tls: Option<std::sync::Arc<rustls::ServerConfig>>) -> Sink {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let shutdown = CancellationToken::new();
-        let task = tokio::spawn(smarthost::sink::run(
-            listener,
-            dir.path().to_path_buf(),
-            tls,
-            "sink.test".into(),
-            shutdown.clone(),
-        ));
-        Sink {
-            addr,
-            dir,
-            shutdown,
-            task,
-        }
-    }
-
-    async fn connect(&self) -> Client<TcpStream> {
-        Client::new(TcpStream::connect(self.addr).await.unwrap())
-    }
-
-    /// The `.eml` files, in arrival order (names sort that way).
-    fn files(&self) -> Vec<PathBuf> {
-        let mut names: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|e| e == "eml"))
-            .collect();
-        names.sort();
-        names
-    }
-
-    fn messages(&self) -> Vec<Vec<u8>> {
-        self.files()
-            .iter()
-            .map(|p| std::fs::read(p).unwrap())
-            .collect()
-    }
-
-    fn sidecar(&self, n: usize) -> serde_json::Value {
-        let json = std::fs::read(self.files()[n].with_extension("json")).unwrap();
-        serde_json::from_slice(&json).unwrap()
-    }
-
-    async fn stop(self) {
-        self.shutdown.cancel();
-        tokio::time::timeout(Duration::from_secs(10), self.task)
-            .await
-            .expect("sink stops")
-            .unwrap()
-            .unwrap();
-    }
-}
+use support::client::{Reply, send_data};
+use support::pki::TestCa;
+use support::sink::LocalSink;
 
 /// The file name a `250 2.0.0 Ok: <name>` reply gives.
 fn named(reply: &Reply) -> String {
@@ -86,7 +19,7 @@ fn named(reply: &Reply) -> String {
 
 #[tokio::test]
 async fn pipelined_transaction_in_one_packet() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut c = sink.connect().await;
     let greeting = c.expect("220").await;
     assert_eq!(greeting.lines[0], "220 sink.test smarthost sink");
@@ -145,13 +78,13 @@ async fn pipelined_transaction_in_one_packet() {
     let client = meta["client"].as_str().unwrap();
     assert!(client.starts_with("127.0.0.1:"), "{client}");
     // Nothing but the pair: no temporary files left behind.
-    assert_eq!(std::fs::read_dir(sink.dir.path()).unwrap().count(), 2);
+    assert_eq!(std::fs::read_dir(&sink.dir).unwrap().count(), 2);
     sink.stop().await;
 }
 
 #[tokio::test]
 async fn data_is_unstuffed_byte_for_byte() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut c = sink.connect().await;
     c.hello().await;
     let stuffed: &[u8] = b"Subject: dots\r\n\r\n..leading dot\r\n...\r\n..\r\n. \r\n\
@@ -176,7 +109,7 @@ async fn data_is_unstuffed_byte_for_byte() {
 
 #[tokio::test]
 async fn bdat_chunks_join_and_pipeline() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut c = sink.connect().await;
     c.hello().await;
     let chunks: [&[u8]; 3] = [b"Subject: b\r\n\r\n", b"line one\r\n.\r\n", b"..end\r\n"];
@@ -230,9 +163,7 @@ async fn bdat_chunks_join_and_pipeline() {
 
 /// The sink's TLS configuration from the test CA's certificate files.
 fn tls_files(ca: &TestCa, dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
-    let (cert, key) = (dir.join("sink.crt"), dir.join("sink.key"));
-    std::fs::write(&cert, format!("{}{}", ca.cert_pem, ca.ca_pem)).unwrap();
-    std::fs::write(&key, &ca.key_pem).unwrap();
+    let (cert, key) = ca.write_certificate(dir, "sink");
     smarthost::sink::tls_from_files(&cert, &key).unwrap()
 }
 
@@ -240,7 +171,7 @@ fn tls_files(ca: &TestCa, dir: &Path) -> std::sync::Arc<rustls::ServerConfig> {
 async fn starttls_with_the_test_ca() {
     let ca = TestCa::new();
     let certs = tempfile::tempdir().unwrap();
-    let sink = Sink::start(Some(tls_files(&ca, certs.path()))).await;
+    let mut sink = LocalSink::start_temp(Some(tls_files(&ca, certs.path()))).await;
     let mut c = sink.connect().await;
     let ehlo = c.hello().await;
     assert!(ehlo.text().contains("STARTTLS"));
@@ -265,7 +196,7 @@ async fn starttls_with_the_test_ca() {
 
 #[tokio::test]
 async fn several_messages_per_connection_and_sequence_errors() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut c = sink.connect().await;
     c.hello().await;
     c.cmd("DATA", "503 5.5.1").await;
@@ -304,7 +235,7 @@ async fn several_messages_per_connection_and_sequence_errors() {
 
 #[tokio::test]
 async fn limits_long_lines_and_declared_size() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut c = sink.connect().await;
     c.hello().await;
     // Over-long, with and without its line ending yet: one 500 each, then on.
@@ -326,7 +257,7 @@ async fn limits_long_lines_and_declared_size() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_connections() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let mut tasks = Vec::new();
     for i in 0..50 {
         let mut c = sink.connect().await;
@@ -347,7 +278,7 @@ async fn many_concurrent_connections() {
 
 #[tokio::test]
 async fn shutdown_frees_the_port_and_ends_sessions() {
-    let sink = Sink::start(None).await;
+    let mut sink = LocalSink::start_temp(None).await;
     let addr = sink.addr;
     let mut c = sink.connect().await;
     c.hello().await;
@@ -364,7 +295,7 @@ async fn shutdown_frees_the_port_and_ends_sessions() {
 async fn swaks_delivers() {
     let ca = TestCa::new();
     let certs = tempfile::tempdir().unwrap();
-    let sink = Sink::start(Some(tls_files(&ca, certs.path()))).await;
+    let mut sink = LocalSink::start_temp(Some(tls_files(&ca, certs.path()))).await;
     let body = "Subject: from swaks\r\n\r\n.starts with a dot\r\nend\r\n";
     let body_file = certs.path().join("body.eml");
     std::fs::write(&body_file, body).unwrap();

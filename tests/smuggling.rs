@@ -28,20 +28,22 @@
 //!
 //! Run time: a few seconds (the sessions of a mode run 16 at a time).
 
-mod common;
+mod support;
 
 use std::fs;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::binary::{Sink, free_port, within};
-use common::*;
-use smarthost::spool::{
-    ClientInfo, Envelope, FORMAT_VERSION, MailParams, Recipient, RecipientStatus, Spool,
-};
+use smarthost::spool::{Envelope, Spool};
+use support::client::{Client, Reply, tls_session};
+use support::envelope::envelope;
+use support::harness::{Harness, Running, upstream_toml};
+use support::message::crlf_to_lf;
+use support::pki::TestCa;
+use support::sink::{Sink, sidecar};
+use support::smtp_sink::{SmtpSink, path_of};
+use support::wait::{free_port, within};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -51,9 +53,6 @@ const VICTIM: &str = "victim@partner.example";
 const VIA_SINK: &str = "via-sink.example";
 /// Sender domain routed to Postfix's smtp-sink (DATA from the relay).
 const VIA_POSTFIX: &str = "via-postfix.example";
-
-const SMTP_SINK: &str = "/usr/sbin/smtp-sink";
-const INSTALL_HINT: &str = "run scripts/install-test-deps.sh (as root) first";
 
 /// One end-of-data lookalike.
 struct Variant {
@@ -490,10 +489,7 @@ impl Tap {
     }
 
     fn upstream(&self, name: &str) -> String {
-        format!(
-            "[[upstream]]\nname = \"{name}\"\naddress = \"{}\"\ntls = \"none\"\n\n",
-            self.addr
-        )
+        upstream_toml(name, self.addr, "none")
     }
 
     /// What the relay sent, one entry per connection.
@@ -530,15 +526,6 @@ struct WireTxn {
     /// After unstuffing (DATA) or as counted (BDAT).
     content: Vec<u8>,
     bdat: bool,
-}
-
-/// The address in `<...>` at the start of `arg`.
-fn path_of(arg: &str) -> String {
-    arg.trim_start_matches('<')
-        .split('>')
-        .next()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Where `bytes` hold a bare CR or LF, if anywhere.
@@ -638,127 +625,6 @@ fn memchr_crlf(b: &[u8]) -> Option<usize> {
     b.windows(2).position(|w| w == b"\r\n")
 }
 
-// ---------------------------------------------------------- Postfix smtp-sink
-
-/// Postfix's smtp-sink on a loopback port, each transaction dumped to its
-/// own file (`-d`), the conversation logged (`-v`). Killed when dropped.
-struct SmtpSink {
-    _dir: tempfile::TempDir,
-    addr: SocketAddr,
-    dumps: PathBuf,
-    log: PathBuf,
-    _child: tokio::process::Child,
-}
-
-/// One transaction as smtp-sink wrote it.
-#[derive(Debug)]
-struct Dump {
-    mail: String,
-    rcpts: Vec<String>,
-    /// The message with LF line ends (smtp-sink writes lines), unstuffed,
-    /// without smtp-sink's own Received header and final empty line.
-    message: Vec<u8>,
-}
-
-impl SmtpSink {
-    async fn start() -> SmtpSink {
-        assert!(Path::new(SMTP_SINK).exists(), "{SMTP_SINK}: {INSTALL_HINT}");
-        let dir = tempfile::tempdir().unwrap();
-        let dumps = dir.path().join("dumps");
-        fs::create_dir(&dumps).unwrap();
-        let log = dir.path().join("smtp-sink.log");
-        let port = free_port();
-        let mut cmd = tokio::process::Command::new(SMTP_SINK);
-        if is_root() {
-            // smtp-sink will not run as root without -u; nobody must write the dumps.
-            use std::os::unix::fs::PermissionsExt;
-            fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
-            fs::set_permissions(&dumps, fs::Permissions::from_mode(0o777)).unwrap();
-            cmd.args(["-u", "nobody"]);
-        }
-        let mut child = cmd
-            .arg("-v")
-            .arg("-d")
-            .arg(dumps.join("m."))
-            .arg(format!("127.0.0.1:{port}"))
-            .arg("64")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {SMTP_SINK}: {e}; {INSTALL_HINT}"));
-        for _ in 0..300 {
-            if let Some(s) = child.try_wait().unwrap() {
-                panic!(
-                    "smtp-sink exited: {s}: {}",
-                    fs::read_to_string(&log).unwrap()
-                );
-            }
-            if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-                return SmtpSink {
-                    _dir: dir,
-                    addr: ([127, 0, 0, 1], port).into(),
-                    dumps,
-                    log,
-                    _child: child,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!("smtp-sink not listening on port {port} after 15 s");
-    }
-
-    /// The commands smtp-sink read (its -v log), DATA content excluded.
-    fn commands(&self) -> Vec<String> {
-        let prefix = format!("{SMTP_SINK}: ");
-        fs::read_to_string(&self.log)
-            .unwrap_or_default()
-            .lines()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .map(str::to_owned)
-            .collect()
-    }
-
-    /// Every complete dump.
-    fn dumps(&self) -> Vec<Dump> {
-        let mut out = Vec::new();
-        for entry in fs::read_dir(&self.dumps).unwrap() {
-            let bytes = fs::read(entry.unwrap().path()).unwrap();
-            if !bytes.ends_with(b"\n\n") {
-                continue; // still being written
-            }
-            let (mut mail, mut rcpts) = (String::new(), Vec::new());
-            let mut pos = 0;
-            let mut received = false;
-            for line in bytes.split_inclusive(|&b| b == b'\n') {
-                let l = String::from_utf8_lossy(line);
-                if received {
-                    // smtp-sink's own Received header: its continuation lines.
-                    if !l.starts_with('\t') {
-                        break;
-                    }
-                } else if let Some(v) = l.strip_prefix("X-Mail-Args: ") {
-                    mail = path_of(v.trim_end());
-                } else if let Some(v) = l.strip_prefix("X-Rcpt-Args: ") {
-                    rcpts.push(path_of(v.trim_end()));
-                } else if l.starts_with("Received: ") {
-                    received = true;
-                } else if !l.starts_with("X-") {
-                    break;
-                }
-                pos += line.len();
-            }
-            out.push(Dump {
-                mail,
-                rcpts,
-                message: bytes[pos..bytes.len() - 1].to_vec(),
-            });
-        }
-        out
-    }
-}
-
 // ------------------------------------------------------------------ the rig
 
 /// Both upstreams, each behind a tap, and a relay routing to them.
@@ -778,9 +644,9 @@ impl Rig {
         let base = tempfile::tempdir().unwrap();
         let mut sink = Sink::new(base.path(), "sink");
         sink.start().await;
-        let postfix = SmtpSink::start().await;
+        let postfix = SmtpSink::start(free_port(), &[]).await;
         let sink_tap = Tap::start(([127, 0, 0, 1], sink.port).into()).await;
-        let postfix_tap = Tap::start(postfix.addr).await;
+        let postfix_tap = Tap::start(postfix.addr()).await;
         let h = Harness::new(&format!(
             "retry_min = \"1s\"\nretry_max = \"1s\"\n\n\
              [limits]\nbare_line_endings = \"{}\"\n\n{}{}\
@@ -843,8 +709,7 @@ impl Rig {
             .files()
             .iter()
             .map(|eml| {
-                let json: serde_json::Value =
-                    serde_json::from_slice(&fs::read(eml.with_extension("json")).unwrap()).unwrap();
+                let json = sidecar(eml);
                 let rcpts = json["rcpt_to"]
                     .as_array()
                     .unwrap()
@@ -989,7 +854,7 @@ fn verify(rig: &Rig, mode: Mode, cases: &[Case]) -> Vec<String> {
         .postfix
         .dumps()
         .into_iter()
-        .map(|d| (d.mail, d.rcpts, d.message))
+        .map(|d| (d.mail(), d.rcpts(), d.message))
         .collect();
     errs.extend(check_view("smtp-sink", &dumps, &to_postfix, mode, true));
     let mut a: Vec<Vec<u8>> = postfix_wire.iter().map(|s| crlf_to_lf(&s.2)).collect();
@@ -1139,25 +1004,8 @@ async fn stored_bare_line_endings_go_out_as_one_message_each() {
                     format!("{header}{}", out.replace("EVIL", &evil)).into_bytes(),
                 ));
                 let envelope = Envelope {
-                    version: FORMAT_VERSION,
-                    id: smarthost::spool::new_queue_id(),
-                    received_at: smarthost::spool::unix_now(),
-                    client: ClientInfo {
-                        address: "127.0.0.1:2525".parse().unwrap(),
-                        helo: "client.test".into(),
-                        tls: None,
-                        auth: None,
-                    },
-                    sender: format!("sender@{domain}"),
-                    params: MailParams::default(),
-                    recipients: vec![Recipient {
-                        address: RCPT.into(),
-                        orcpt: None,
-                        notify: None,
-                        status: RecipientStatus::Pending,
-                    }],
                     size: message.len() as u64,
-                    route_domain: None,
+                    ..envelope(&format!("sender@{domain}"), &[RCPT])
                 };
                 preload.push((envelope, message));
             }
@@ -1201,7 +1049,7 @@ async fn stored_bare_line_endings_go_out_as_one_message_each() {
         let stored = sorted(rig.sink_messages().into_iter().map(|m| m.2).collect());
         assert_eq!(show(&stored), show(&want(VIA_SINK)), "stored by the sink");
         let dumps = rig.postfix.dumps();
-        assert!(dumps.iter().all(|d| d.rcpts == [RCPT]), "{dumps:?}");
+        assert!(dumps.iter().all(|d| d.rcpts() == [RCPT]), "{dumps:?}");
         let read = sorted(dumps.into_iter().map(|d| d.message).collect());
         let lf = sorted(want(VIA_POSTFIX).iter().map(|m| crlf_to_lf(m)).collect());
         assert_eq!(show(&read), show(&lf), "read by smtp-sink");

@@ -4,29 +4,22 @@
 //! arrives; it is stored byte for byte as before, and every way a message can
 //! end without a 250 (refusals, RSET, disconnect, timeout) removes that file.
 
-mod common;
+mod support;
 
-use std::path::Path;
 use std::time::Duration;
 
-use common::binary::eventually;
-use common::*;
+use support::client::Client;
+use support::harness::{Harness, file_names};
+use support::message::{message_of_size, strip_received};
+use support::wait::eventually;
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
 /// Well over the session's write buffer: at least two writes before the end.
 const BIG: usize = 300 * 1024;
 
-fn limits_harness(limits: &str) -> Harness {
-    plain_harness(&format!("[limits]\n{limits}\n"))
-}
-
 fn tmp_files(h: &Harness) -> usize {
-    files(&h.spool_dir().join("tmp"))
-}
-
-fn files(dir: &Path) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.count())
+    file_names(&h.spool_dir().join("tmp")).len()
 }
 
 /// Greeted, with one recipient, ready for DATA or BDAT.
@@ -52,7 +45,7 @@ async fn tmp_file_appears(h: &Harness) {
 
 #[tokio::test]
 async fn large_messages_are_stored_byte_for_byte() {
-    let h = limits_harness("bare_line_endings = \"normalize\"");
+    let h = Harness::plain_limits("bare_line_endings = \"normalize\"");
     let ctx = h.context();
     // DATA: dot-stuffed lines and bare LFs across the write boundaries.
     let mut c = transaction(&h, &ctx).await;
@@ -110,7 +103,7 @@ async fn large_messages_are_stored_byte_for_byte() {
 /// real end of the content, the session still in sync, no file in tmp/.
 #[tokio::test]
 async fn refused_messages_leave_no_temporary_file() {
-    let h = limits_harness("bare_line_endings = \"reject\"\nmax_message_size = 1048576");
+    let h = Harness::plain_limits("bare_line_endings = \"reject\"\nmax_message_size = 1048576");
     let ctx = h.context();
     let good = message_of_size(BIG);
     let hops = "Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000\r\n".repeat(50);
@@ -165,7 +158,7 @@ async fn refused_messages_leave_no_temporary_file() {
 /// drops them (RSET, a disconnect, the content deadline).
 #[tokio::test]
 async fn abandoned_messages_leave_no_temporary_file() {
-    let h = limits_harness("data_timeout = \"1s\"");
+    let h = Harness::plain_limits("data_timeout = \"1s\"");
     let ctx = h.context();
     let content = message_of_size(BIG);
 

@@ -18,14 +18,17 @@
 //! a failure. Where ptrace is not permitted (some containers), the test says
 //! so and skips.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::binary::*;
-use common::*;
+use support::binary::{BIN, Proc, sigkill, wait_banner};
+use support::client::{Client, send_data};
+use support::harness::Harness;
+use support::message::{message, queue_id_of};
+use support::wait::{free_port, within};
 
 const STRACE: &str = "strace";
 
@@ -157,17 +160,9 @@ async fn fsync_rename_dirsync_then_250() {
         return;
     }
     within(120, async {
-        let h = Harness::with_listeners(
-            "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n",
-            "",
-        );
+        let h = Harness::plain("");
         let port = free_port();
-        let config = std::fs::read_to_string(&h.config_path).unwrap();
-        std::fs::write(
-            &h.config_path,
-            config.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-        )
-        .unwrap();
+        h.edit_config("127.0.0.1:0", &format!("127.0.0.1:{port}"));
         let trace_path = h.dir.path().join("strace.out");
         let log = h.dir.path().join("relay.log");
         let mut traced = Traced {

@@ -5,17 +5,19 @@
 //! SIGHUP reloads say what changed, and a bad config is refused with its
 //! file:line while the relay keeps serving.
 
-mod common;
+mod support;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use base64::Engine;
-use common::binary::{
-    Proc, Sink, eventually, free_port, queue_id_of, run_with_stdin, wait_banner, within,
-};
-use common::{Client, Harness, TestCa, send_data};
 use serde_json::Value;
-use tokio::net::{TcpSocket, TcpStream};
+use support::auth::auth_plain;
+use support::binary::{Relay, run_with_stdin};
+use support::client::{connect_from, send_data, tls_session};
+use support::harness::{Harness, upstream_toml};
+use support::message::queue_id_of;
+use support::pki::TestCa;
+use support::sink::Sink;
+use support::wait::{eventually, free_port, within};
 
 /// An EHLO name with an ESC sequence, a C1 control (NEL), a line separator
 /// and a bidirectional override: each could start a line or drive a terminal.
@@ -43,13 +45,9 @@ async fn setup(log: &str, upstream: Option<&str>) -> Setup {
         "{log}\n[limits]\nmax_message_size = 100000\n\n[[user]]\nname = \"exchange01\"\npassword_hash = \"{}\"\n\n{upstream}",
         hash.stdout.trim()
     ));
-    let text = std::fs::read_to_string(&h.config_path).unwrap();
-    let text = text.replace(
-        "relay_networks = [\"127.0.0.0/8\", \"::1/128\"]",
+    h.replace_access_line(
         "relay_networks = [\"127.0.0.1/32\"]\nsender_domains = [\"tenant.example\"]",
     );
-    assert!(text.contains("127.0.0.1/32"));
-    std::fs::write(&h.config_path, text).unwrap();
     sink.start().await;
     Setup {
         h,
@@ -58,38 +56,11 @@ async fn setup(log: &str, upstream: Option<&str>) -> Setup {
     }
 }
 
-/// `smarthost serve` on the harness config at a free port, with `extra` arguments.
-async fn serve(h: &Harness, extra: &[&str], name: &str) -> (Proc, u16, PathBuf) {
-    let template = std::fs::read_to_string(&h.config_path).unwrap();
-    let port = free_port();
-    std::fs::write(
-        &h.config_path,
-        template.replace("127.0.0.1:0", &format!("127.0.0.1:{port}")),
-    )
-    .unwrap();
-    let log = h.dir.path().join(format!("{name}.log"));
-    let mut args = vec!["serve", "--config", h.config_path.to_str().unwrap()];
-    args.extend_from_slice(extra);
-    let mut proc = Proc::spawn(&args, &log);
-    wait_banner(&mut proc, port, &log).await.unwrap();
-    (proc, port, log)
-}
-
-async fn connect_from(source: &str, port: u16) -> Client<TcpStream> {
-    let socket = TcpSocket::new_v4().unwrap();
-    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-    Client::new(socket.connect(([127, 0, 0, 1], port).into()).await.unwrap())
-}
-
 fn message(message_id: &str) -> Vec<u8> {
     format!(
         "From: <alice@tenant.example>\r\nSubject: tracking\r\nMessage-ID: {message_id}\r\n\r\nhello\r\n"
     )
     .into_bytes()
-}
-
-fn plain_auth(user: &str, password: &str) -> String {
-    base64::engine::general_purpose::STANDARD.encode(format!("\0{user}\0{password}"))
 }
 
 /// What the test did, to be found in the log.
@@ -109,7 +80,7 @@ async fn drive(port: u16, ca: &TestCa) -> Traffic {
     // Relayed by network, over STARTTLS.
     let c = connect_from("127.0.0.1", port).await;
     let local = c.stream.local_addr().unwrap().port();
-    let mut c = common::tls_session(c, ca).await;
+    let mut c = tls_session(c, ca).await;
     let r = send_data(
         &mut c,
         "alice@tenant.example",
@@ -149,17 +120,9 @@ async fn drive(port: u16, ca: &TestCa) -> Traffic {
     c.cmd("RCPT TO:<bob@partner.example>", "554 5.7.1").await;
     refused.push(("relay_denied", "554 5.7.1"));
     c.cmd("RSET", "250").await;
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain_auth(HOSTILE_USER, "wrong")),
-        "535 5.7.8",
-    )
-    .await;
+    c.cmd(&auth_plain(HOSTILE_USER, "wrong"), "535 5.7.8").await;
     refused.push(("auth_failed", "535 5.7.8"));
-    c.cmd(
-        &format!("AUTH PLAIN {}", plain_auth("exchange01", PASSWORD)),
-        "235",
-    )
-    .await;
+    c.cmd(&auth_plain("exchange01", PASSWORD), "235").await;
     let hostile_id = "<x\u{1b}]0;pwned\u{7}\u{85}@tenant.example>";
     let r = send_data(
         &mut c,
@@ -206,7 +169,8 @@ fn assert_no_raw_controls(log: &Path) {
 async fn json_log_tracks_each_message_and_every_refusal() {
     within(120, async {
         let s = setup("[log]\nformat = \"json\"\n", None).await;
-        let (_relay, port, log) = serve(&s.h, &[], "relay-json").await;
+        let relay = Relay::start(&s.h).await;
+        let (port, log) = (relay.port, relay.log.clone());
         let traffic = drive(port, &s.h.ca).await;
         eventually("both messages at the sink", 30, || s.sink.count() == 2).await;
         eventually("both messages completed", 30, || {
@@ -316,7 +280,8 @@ async fn json_log_tracks_each_message_and_every_refusal() {
 async fn text_log_quotes_fields_and_cannot_be_forged() {
     within(120, async {
         let s = setup("[log]\nformat = \"json\"\n", None).await;
-        let (_relay, port, log) = serve(&s.h, &["--log-format", "text"], "relay-text").await;
+        let relay = Relay::start_with(&s.h, &["--log-format", "text"]).await;
+        let (port, log) = (relay.port, relay.log.clone());
         let traffic = drive(port, &s.h.ca).await;
         eventually("both messages delivered", 30, || {
             let text = std::fs::read_to_string(&log).unwrap();
@@ -361,7 +326,7 @@ async fn text_log_quotes_fields_and_cannot_be_forged() {
         assert!(refused.contains("reply=\"554 5.7.1 "), "{refused}");
 
         // A client repeating a refused command: INFO lines stop at the cap.
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let flood = 150;
         c.send("MAIL FROM:<a@elsewhere.example>\r\n".repeat(flood))
             .await;
@@ -391,15 +356,14 @@ async fn text_log_quotes_fields_and_cannot_be_forged() {
 async fn reload_says_what_changed_and_refuses_a_broken_config() {
     within(120, async {
         let down = free_port();
-        let dead = format!(
-            "[[upstream]]\nname = \"eu-0\"\naddress = \"127.0.0.1:{down}\"\ntls = \"none\"\n"
-        );
+        let dead = upstream_toml("eu-0", format!("127.0.0.1:{down}"), "none");
         // Written right after the harness's `[queue]` table, so they are its keys.
         let log = "retry_min = \"1s\"\nretry_max = \"2s\"\n\n[log]\nformat = \"json\"\n";
         let s = setup(log, Some(&dead)).await;
-        let (relay, port, log) = serve(&s.h, &[], "relay-reload").await;
+        let relay = Relay::start(&s.h).await;
+        let (port, log) = (relay.port, relay.log.clone());
 
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -456,7 +420,7 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
             &format!("name = \"eu-1\"\naddress = \"127.0.0.1:{}\"", s.sink.port),
         ) + &format!("\n[[user]]\nname = \"exchange02\"\n{hash}\n");
         std::fs::write(&s.h.config_path, &reloaded).unwrap();
-        relay.signal(libc::SIGHUP);
+        relay.proc.signal(libc::SIGHUP);
         eventually("the reload line", 20, || {
             json_lines(&log).iter().any(|l| l["event"] == "reloaded")
         })
@@ -482,7 +446,7 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
         let broken = reloaded.replace("max_message_size = 100000", "max_message_size = \"lots\"");
         let line_no = broken.lines().position(|l| l.contains("\"lots\"")).unwrap() + 1;
         std::fs::write(&s.h.config_path, &broken).unwrap();
-        relay.signal(libc::SIGHUP);
+        relay.proc.signal(libc::SIGHUP);
         eventually("the refusal line", 20, || {
             json_lines(&log)
                 .iter()
@@ -501,7 +465,7 @@ async fn reload_says_what_changed_and_refuses_a_broken_config() {
             "{location}: {refused}"
         );
         // Still serving, with the config before the broken one.
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -573,12 +537,11 @@ async fn refusing_upstream() -> u16 {
 async fn bounces_and_expiry_name_the_notice() {
     within(120, async {
         let scripted = refusing_upstream().await;
-        let upstream = format!(
-            "[[upstream]]\nname = \"scripted\"\naddress = \"127.0.0.1:{scripted}\"\ntls = \"none\"\n"
-        );
+        let upstream = upstream_toml("scripted", format!("127.0.0.1:{scripted}"), "none");
         let s = setup("[log]\nformat = \"json\"\n", Some(&upstream)).await;
-        let (_relay, port, log) = serve(&s.h, &[], "relay-bounce").await;
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let relay = Relay::start(&s.h).await;
+        let (port, log) = (relay.port, relay.log.clone());
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(
             &mut c,
             "alice@tenant.example",
@@ -594,7 +557,10 @@ async fn bounces_and_expiry_name_the_notice() {
         let lines = json_lines(&log);
         let bounced = events(&lines, "bounced", &id)[0];
         assert_eq!(bounced["rcpt"], "nobody@partner.example", "{bounced}");
-        assert!(bounced["reply"].as_str().unwrap().starts_with("550 5.1.1"), "{bounced}");
+        assert!(
+            bounced["reply"].as_str().unwrap().starts_with("550 5.1.1"),
+            "{bounced}"
+        );
         let notice = bounced["bounce_id"].as_str().unwrap().to_owned();
         assert_eq!(events(&lines, "delivered", &id).len(), 1);
         let accepted = events(&lines, "accepted", &notice);
@@ -611,13 +577,12 @@ async fn bounces_and_expiry_name_the_notice() {
 
     within(120, async {
         let down = free_port();
-        let dead = format!(
-            "[[upstream]]\nname = \"eu-0\"\naddress = \"127.0.0.1:{down}\"\ntls = \"none\"\n"
-        );
+        let dead = upstream_toml("eu-0", format!("127.0.0.1:{down}"), "none");
         let queue = "retry_min = \"1s\"\nretry_max = \"1s\"\nmax_lifetime = \"2s\"\n\n[log]\nformat = \"json\"\n";
         let s = setup(queue, Some(&dead)).await;
-        let (_relay, port, log) = serve(&s.h, &[], "relay-expiry").await;
-        let mut c = common::tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
+        let relay = Relay::start(&s.h).await;
+        let (port, log) = (relay.port, relay.log.clone());
+        let mut c = tls_session(connect_from("127.0.0.1", port).await, &s.h.ca).await;
         let r = send_data(&mut c, "alice@tenant.example", &["bob@partner.example"], &message("<e@x>")).await;
         let id = queue_id_of(&r).unwrap();
         eventually("the expiry line", 30, || {

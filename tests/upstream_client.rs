@@ -1,46 +1,18 @@
 //! The outbound SMTP client against a scripted fake upstream on loopback,
 //! with real TLS (the rcgen test CA).
 
-mod common;
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::time::Duration;
 
-use common::TestCa;
-use fake_upstream::{FakeUpstream, Method, Script};
 use smarthost::config::{UpstreamConfig, UpstreamTls};
 use smarthost::outbound::{
     ClientOptions, Connection, Stage, Upstream, UpstreamError, UpstreamReply,
 };
-use smarthost::spool::{ClientInfo, Envelope, MailParams, Recipient, RecipientStatus};
-
-fn envelope(sender: &str, recipients: &[&str]) -> Envelope {
-    Envelope {
-        version: smarthost::spool::FORMAT_VERSION,
-        id: "TEST".into(),
-        received_at: 0,
-        client: ClientInfo {
-            address: "127.0.0.1:1".parse().unwrap(),
-            helo: "client.test".into(),
-            tls: None,
-            auth: None,
-        },
-        sender: sender.into(),
-        params: MailParams::default(),
-        recipients: recipients
-            .iter()
-            .map(|a| Recipient {
-                address: (*a).into(),
-                orcpt: None,
-                notify: None,
-                status: RecipientStatus::Pending,
-            })
-            .collect(),
-        size: 0,
-        route_domain: None,
-    }
-}
+use smarthost::spool::{Envelope, Recipient};
+use support::envelope::envelope;
+use support::fake_upstream::{FakeUpstream, Method, Script, refused_address};
+use support::pki::{TestCa, self_signed};
 
 fn options() -> ClientOptions {
     let t = Duration::from_secs(5);
@@ -312,7 +284,7 @@ async fn a_421_anywhere_ends_the_attempt() {
 #[tokio::test]
 async fn connection_failures_are_errors() {
     let env = envelope("a@example.com", &["b@example.net"]);
-    let refused = upstream(fake_upstream::refused_address(), UpstreamTls::None, None);
+    let refused = upstream(refused_address(), UpstreamTls::None, None);
     assert!(matches!(
         deliver(&refused, &env, b"x").await,
         Err(UpstreamError::Connect(_))
@@ -445,7 +417,7 @@ async fn helo_fallback_uses_no_extensions() {
 async fn required_tls_verifies_and_never_falls_back() {
     let ca = TestCa::new();
     let env = envelope("a@example.com", &["b@example.net"]);
-    let good = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let good = ca.server_config();
 
     // The right CA: encrypted, verified, then delivered.
     let fake = FakeUpstream::start(Script {
@@ -466,10 +438,7 @@ async fn required_tls_verifies_and_never_falls_back() {
 
     // A certificate from another CA: Err(Tls), and no MAIL ever sent.
     let other = TestCa::new();
-    let wrong = fake_upstream::server_config(
-        &format!("{}{}", other.cert_pem, other.ca_pem),
-        &other.key_pem,
-    );
+    let wrong = other.server_config();
     let fake = FakeUpstream::start(Script {
         tls: Some(wrong),
         ..Script::default()
@@ -512,7 +481,7 @@ async fn required_tls_verifies_and_never_falls_back() {
 async fn opportunistic_tls_takes_any_certificate_or_none() {
     let env = envelope("a@example.com", &["b@example.net"]);
     let fake = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::self_signed()),
+        tls: Some(self_signed()),
         ..Script::default()
     })
     .await;
@@ -533,7 +502,7 @@ async fn opportunistic_tls_takes_any_certificate_or_none() {
 async fn bytes_after_the_starttls_220_are_refused() {
     let env = envelope("a@example.com", &["b@example.net"]);
     let fake = FakeUpstream::start(Script {
-        tls: Some(fake_upstream::self_signed()),
+        tls: Some(self_signed()),
         junk_after_starttls: Some(b"250-injected\r\n250 PIPELINING\r\n".to_vec()),
         ..Script::default()
     })
@@ -551,7 +520,7 @@ async fn bytes_after_the_starttls_220_are_refused() {
 #[tokio::test]
 async fn auth_plain_login_and_refusals() {
     let ca = TestCa::new();
-    let tls = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = ca.server_config();
     let env = envelope("a@example.com", &["b@example.net"]);
     for (mechanisms, used) in [("LOGIN PLAIN", "PLAIN"), ("LOGIN", "LOGIN")] {
         let fake = FakeUpstream::start(Script {
@@ -711,7 +680,7 @@ async fn upstream_from_config_reads_the_password_and_ca() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("pw"), "s3cret \n").unwrap();
     std::fs::write(dir.path().join("ca.pem"), &ca.ca_pem).unwrap();
-    let tls = fake_upstream::server_config(&format!("{}{}", ca.cert_pem, ca.ca_pem), &ca.key_pem);
+    let tls = ca.server_config();
     let fake = FakeUpstream::start(Script {
         tls: Some(tls),
         auth: Some(("u".into(), "s3cret ".into())),
@@ -757,13 +726,8 @@ async fn aiosmtpd_receives_the_message_byte_for_byte() {
     use tokio::io::AsyncBufReadExt;
     let ca = TestCa::new();
     let dir = tempfile::tempdir().unwrap();
-    let (cert, key, out) = (
-        dir.path().join("c.pem"),
-        dir.path().join("k.pem"),
-        dir.path().join("out"),
-    );
-    std::fs::write(&cert, format!("{}{}", ca.cert_pem, ca.ca_pem)).unwrap();
-    std::fs::write(&key, &ca.key_pem).unwrap();
+    let (cert, key) = ca.write_certificate(dir.path(), "server");
+    let out = dir.path().join("out");
     std::fs::create_dir(&out).unwrap();
     let script = concat!(
         env!("CARGO_MANIFEST_DIR"),

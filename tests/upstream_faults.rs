@@ -1,27 +1,24 @@
 //! Hostile and broken upstreams, end to end through the queue: the real
 //! `smarthost serve` accepts a message and delivers it to a faulty upstream
-//! (the scripted fake, tests/fake_upstream) and, where the failover rules
-//! say so, to a good one. For each fault: what the queue does (failover in
+//! (the scripted fake, tests/support/fake_upstream.rs) and, where the
+//! failover rules say so, to a good one. For each fault: what the queue does (failover in
 //! the same attempt, or deferred with the reply recorded and retried), that
 //! it is logged, that the relay neither crashes nor buffers without bound.
 //! tests/upstream_client.rs covers the same faults at the client level.
 
-mod common;
-
-#[path = "fake_upstream/mod.rs"]
-mod fake_upstream;
+mod support;
 
 use std::path::PathBuf;
 
-use common::binary::{Relay, eventually, run, within};
-use common::*;
-use fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
+use support::binary::{Relay, queue_list, status_kib};
+use support::client::send_data;
+use support::fake_upstream::{FakeUpstream, Flood, FloodAt, Script};
+use support::harness::{Harness, PLAIN_LISTENER, upstream_toml, verified_upstream_toml};
+use support::pki::TestCa;
+use support::wait::{eventually, within};
 
 const FROM: &str = "sender@tenant.example";
 const TO: &str = "rcpt@partner.example";
-
-const PLAIN_LISTENER: &str =
-    "[[listener]]\naddress = \"127.0.0.1:0\"\ntls = \"starttls\"\nrequire_tls = false\n";
 
 /// How an upstream is configured.
 enum Tls<'a> {
@@ -31,22 +28,12 @@ enum Tls<'a> {
     Opportunistic,
 }
 
-fn upstream_toml(name: &str, fake: &FakeUpstream, tls: &Tls) -> String {
-    let mut s = format!(
-        "[[upstream]]\nname = \"{name}\"\naddress = \"{}\"\n",
-        fake.address()
-    );
+fn upstream(name: &str, fake: &FakeUpstream, tls: &Tls) -> String {
     match tls {
-        Tls::None => s += "tls = \"none\"\n",
-        Tls::Opportunistic => s += "tls = \"opportunistic\"\n",
-        Tls::Required(ca) => {
-            s += &format!(
-                "tls = \"required\"\nca_file = \"{}\"\ntls_name = \"localhost\"\n",
-                ca.display()
-            )
-        }
+        Tls::None => upstream_toml(name, fake.address(), "none"),
+        Tls::Opportunistic => upstream_toml(name, fake.address(), "opportunistic"),
+        Tls::Required(ca) => verified_upstream_toml(name, fake.address(), ca, "localhost"),
     }
-    s + "\n"
 }
 
 /// A relay config with these upstreams, in this order (the first message
@@ -84,10 +71,7 @@ impl UpstreamCa {
     }
 
     fn server_config(&self) -> std::sync::Arc<rustls::ServerConfig> {
-        fake_upstream::server_config(
-            &format!("{}{}", self.ca.cert_pem, self.ca.ca_pem),
-            &self.ca.key_pem,
-        )
+        self.ca.server_config()
     }
 }
 
@@ -115,17 +99,7 @@ fn got(fake: &FakeUpstream, tag: &str) -> usize {
 
 /// `queue list --json`: (state, last_reply) of each recipient of each message.
 fn queue_states(h: &Harness) -> Vec<(String, String)> {
-    let out = run(&[
-        "queue",
-        "list",
-        "--config",
-        h.config_path.to_str().unwrap(),
-        "--json",
-    ]);
-    assert!(out.status.success(), "{}", out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
-    v.as_array()
-        .unwrap()
+    queue_list(&h.config_path)
         .iter()
         .flat_map(|e| e["recipients"].as_array().unwrap().clone())
         .map(|r| {
@@ -139,20 +113,7 @@ fn queue_states(h: &Harness) -> Vec<(String, String)> {
 
 /// The relay's peak resident memory (VmHWM), in kB.
 fn peak_rss_kb(relay: &Relay) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", relay.pid())).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap()
-}
-
-fn assert_alive(relay: &mut Relay) {
-    assert!(
-        relay.proc.exited().is_none(),
-        "the relay died: {}",
-        relay.log()
-    );
+    status_kib(relay.pid(), "VmHWM")
 }
 
 /// The single faulty upstream: the message is deferred with `reply_has` in
@@ -175,7 +136,7 @@ async fn deferred_and_retried(
     assert!(relay.log().contains("attempt failed"), "{}", relay.log());
     assert!(relay.log().contains(reply_has), "{}", relay.log());
     assert_eq!(h.spooled().len(), 1, "still queued");
-    assert_alive(relay);
+    relay.assert_alive();
 }
 
 // ---------------------------------------------------------------------------
@@ -200,8 +161,8 @@ async fn a_megabyte_reply_line_fails_that_upstream_without_buffering_it() {
         let h = harness(
             "1h",
             &[
-                upstream_toml("bad", &bad, &Tls::None),
-                upstream_toml("good", &good, &Tls::None),
+                upstream("bad", &bad, &Tls::None),
+                upstream("good", &good, &Tls::None),
             ],
         );
         let mut relay = Relay::start(&h).await;
@@ -218,12 +179,12 @@ async fn a_megabyte_reply_line_fails_that_upstream_without_buffering_it() {
         assert!(bad.record().flood_cut, "the relay hung up on the flood");
         let grown = peak_rss_kb(&relay).saturating_sub(base);
         assert!(grown < 8 * 1024, "peak RSS grew {grown} kB for a 1 MB line");
-        assert_alive(&mut relay);
+        relay.assert_alive();
         relay.kill();
 
         // Alone: temporary, recorded, retried.
         let alone = FakeUpstream::start(script).await;
-        let h = harness("1s", &[upstream_toml("alone", &alone, &Tls::None)]);
+        let h = harness("1s", &[upstream("alone", &alone, &Tls::None)]);
         let mut relay = Relay::start(&h).await;
         send_one(&relay, "mega-alone").await;
         deferred_and_retried(&h, &mut relay, &alone, "reply line over 4096 bytes").await;
@@ -255,8 +216,8 @@ async fn an_endless_greeting_is_cut_off_at_the_bound() {
         let h = harness(
             "1h",
             &[
-                upstream_toml("bad", &bad, &Tls::None),
-                upstream_toml("good", &good, &Tls::None),
+                upstream("bad", &bad, &Tls::None),
+                upstream("good", &good, &Tls::None),
             ],
         );
         let mut relay = Relay::start(&h).await;
@@ -284,7 +245,7 @@ async fn an_endless_greeting_is_cut_off_at_the_bound() {
             "{}",
             relay.log()
         );
-        assert_alive(&mut relay);
+        relay.assert_alive();
     })
     .await;
 }
@@ -312,8 +273,8 @@ async fn bytes_after_the_starttls_220_fail_that_upstream_with_no_plaintext_fallb
         let h = harness(
             "1h",
             &[
-                upstream_toml("bad", &bad, &required),
-                upstream_toml("good", &good, &required),
+                upstream("bad", &bad, &required),
+                upstream("good", &good, &required),
             ],
         );
         let mut relay = Relay::start(&h).await;
@@ -329,13 +290,13 @@ async fn bytes_after_the_starttls_220_fail_that_upstream_with_no_plaintext_fallb
             "nothing after STARTTLS, in plaintext or otherwise"
         );
         assert!(relay.log().contains("after the 220 to STARTTLS"));
-        assert_alive(&mut relay);
+        relay.assert_alive();
         relay.kill();
 
         // Alone, required or opportunistic: deferred and retried, never MAIL.
         for tls in [Tls::Required(&ca.ca_file), Tls::Opportunistic] {
             let alone = FakeUpstream::start(script.clone()).await;
-            let h = harness("1s", &[upstream_toml("alone", &alone, &tls)]);
+            let h = harness("1s", &[upstream("alone", &alone, &tls)]);
             let mut relay = Relay::start(&h).await;
             send_one(&relay, "injected-alone").await;
             deferred_and_retried(&h, &mut relay, &alone, "after the 220").await;
@@ -370,7 +331,7 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
                 ..Script::default()
             })
             .await;
-            let h = harness("1s", &[upstream_toml("alone", &alone, &Tls::None)]);
+            let h = harness("1s", &[upstream("alone", &alone, &Tls::None)]);
             let mut relay = Relay::start(&h).await;
             send_one(&relay, "dropped").await;
             deferred_and_retried(
@@ -401,8 +362,8 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
         let h = harness(
             "1h",
             &[
-                upstream_toml("bad", &bad, &Tls::None),
-                upstream_toml("good", &good, &Tls::None),
+                upstream("bad", &bad, &Tls::None),
+                upstream("good", &good, &Tls::None),
             ],
         );
         let mut relay = Relay::start(&h).await;
@@ -417,7 +378,7 @@ async fn lost_after_the_final_dot_is_temporary_and_may_duplicate() {
                 .log()
                 .contains("connection closed by the upstream (DATA)")
         );
-        assert_alive(&mut relay);
+        relay.assert_alive();
     })
     .await;
 }
@@ -474,8 +435,8 @@ async fn a_421_mid_transaction_moves_to_the_next_upstream() {
             let h = harness(
                 "1h",
                 &[
-                    upstream_toml("bad", &bad, &Tls::None),
-                    upstream_toml("good", &good, &Tls::None),
+                    upstream("bad", &bad, &Tls::None),
+                    upstream("good", &good, &Tls::None),
                 ],
             );
             let mut relay = Relay::start(&h).await;
@@ -495,11 +456,11 @@ async fn a_421_mid_transaction_moves_to_the_next_upstream() {
                     bad.commands()
                 );
             }
-            assert_alive(&mut relay);
+            relay.assert_alive();
         }
 
         let alone = FakeUpstream::start(scripts[1].1.clone()).await;
-        let h = harness("1s", &[upstream_toml("alone", &alone, &Tls::None)]);
+        let h = harness("1s", &[upstream("alone", &alone, &Tls::None)]);
         let mut relay = Relay::start(&h).await;
         send_one(&relay, "bye-alone").await;
         deferred_and_retried(&h, &mut relay, &alone, bye).await;

@@ -4,12 +4,11 @@
 //! the script says (switches: 421 greeting, no STARTTLS, a chosen certificate,
 //! replies to MAIL / chosen RCPTs / the content, dropping the connection after
 //! the final dot, slow replies, extension flags, required AUTH, bytes injected
-//! after STARTTLS's 220, a reply of any size with or without a line end). It records every command and every transaction
-//! (MAIL line, RCPT lines, the exact content received after unstuffing, DATA
-//! or BDAT, TLS, AUTH user, whether MAIL and the RCPTs were pipelined).
-//!
-//! Reuse it with `#[path = "fake_upstream/mod.rs"] mod fake_upstream;`.
-#![allow(dead_code)]
+//! after STARTTLS's 220, a reply of any size with or without a line end). It
+//! records every command and every transaction (MAIL line, RCPT lines, the
+//! exact content received after unstuffing, DATA or BDAT, TLS, AUTH user,
+//! whether MAIL and the RCPTs were pipelined). Its certificates come from
+//! `pki` (`TestCa::server_config`, `self_signed`).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -18,10 +17,10 @@ use std::time::Duration;
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+use super::wait::free_port;
 
 /// How the fake behaves. `Script::default()` is a plain ESMTP server offering
 /// PIPELINING, CHUNKING, 8BITMIME, SMTPUTF8, DSN and SIZE, accepting all.
@@ -225,34 +224,7 @@ impl Drop for FakeUpstream {
 
 /// An address where nothing listens (connections are refused).
 pub fn refused_address() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
-
-/// A TLS server config from PEM strings (certificate chain, key).
-pub fn server_config(cert_pem: &str, key_pem: &str) -> Arc<ServerConfig> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .unwrap();
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
-    Arc::new(
-        ServerConfig::builder_with_provider(smarthost::tls::provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap(),
-    )
-}
-
-/// A TLS server config with a fresh self-signed certificate for localhost.
-pub fn self_signed() -> Arc<ServerConfig> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    server_config(&cert.pem(), &key.serialize_pem())
+    format!("127.0.0.1:{}", free_port())
 }
 
 /// How long an idle input must stay idle before held pipelined replies go out.
