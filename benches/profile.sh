@@ -7,6 +7,8 @@
 # MODE:
 #   run          the load only: wall time and the relay's CPU per message
 #   strace       strace -f -c attached to the relay for the load: syscalls
+#   strace-log   strace -f -tt -T (every call, timed) for the load: use a small
+#                COUNT and SESSIONS 1 to read one message's sequence
 #   perf-stat    perf stat (software counters) attached for the load
 #   perf-record  perf record -g (cpu-clock, dwarf call graphs) attached for the load
 #   callgrind    the relay under valgrind --tool=callgrind (use COUNT ~200)
@@ -20,7 +22,7 @@
 # starts is stopped by PID on exit.
 set -euo pipefail
 
-MODE=${1:?usage: profile.sh run|strace|perf-stat|perf-record|callgrind [COUNT] [SESSIONS] [SIZE]}
+MODE=${1:?usage: profile.sh run|strace|strace-log|perf-stat|perf-record|callgrind [COUNT] [SESSIONS] [SIZE]}
 COUNT=${2:-2000}
 SESSIONS=${3:-20}
 SIZE=${4:-1024}
@@ -92,6 +94,10 @@ case $MODE in
 run | callgrind) ;;
 strace)
     strace -f -c -o "$OUT/strace.txt" -p "$RELAY" &
+    TOOL=$!
+    ;;
+strace-log)
+    strace -f -tt -T -o "$OUT/strace-log.txt" -p "$RELAY" &
     TOOL=$!
     ;;
 perf-stat)
