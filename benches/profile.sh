@@ -9,7 +9,9 @@
 #   strace       strace -f -c attached to the relay for the load: syscalls
 #   strace-log   strace -f -tt -T (every call, timed) for the load: use a small
 #                COUNT and SESSIONS 1 to read one message's sequence
-#   perf-stat    perf stat (software counters) attached for the load
+#   perf-stat    perf stat attached for the load: software counters and
+#                syscall tracepoints (counts without strace's slowdown), and
+#                system-wide ext4 journal commits (other processes' too)
 #   perf-record  perf record -g (cpu-clock, dwarf call graphs) attached for the load
 #   callgrind    the relay under valgrind --tool=callgrind (use COUNT ~200)
 # COUNT (2000) messages of SIZE (1024) bytes over SESSIONS (20) parallel
@@ -90,6 +92,7 @@ fi
 wait_listen "$RELAY_PORT"
 
 TOOL=
+JBD2=
 case $MODE in
 run | callgrind) ;;
 strace)
@@ -101,9 +104,16 @@ strace-log)
     TOOL=$!
     ;;
 perf-stat)
-    perf stat -e task-clock,context-switches,cpu-migrations,page-faults \
-        -o "$OUT/perf-stat.txt" -p "$RELAY" &
+    events=task-clock,context-switches,cpu-migrations,page-faults
+    for call in fsync fdatasync openat rename unlink write writev read close statx \
+        sendto recvfrom futex sched_yield epoll_wait connect accept4; do
+        events+=,syscalls:sys_enter_$call
+    done
+    perf stat -e "$events" -o "$OUT/perf-stat.txt" -p "$RELAY" &
     TOOL=$!
+    perf stat -a -e jbd2:jbd2_start_commit,jbd2:jbd2_end_commit \
+        -o "$OUT/perf-stat-jbd2.txt" &
+    JBD2=$!
     ;;
 perf-record)
     perf record -e cpu-clock -F 1999 --call-graph dwarf,32768 \
@@ -128,10 +138,10 @@ done
 t_e2e=$(date +%s.%N)
 cpu1=$(cpu_ticks "$RELAY")
 
-if [ -n "$TOOL" ]; then
-    kill -INT "$TOOL"
-    wait "$TOOL" || true
-fi
+for t in $TOOL $JBD2; do
+    kill -INT "$t"
+    wait "$t" || true
+done
 kill -TERM "$RELAY"
 wait "$RELAY" || true
 
