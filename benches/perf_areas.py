@@ -40,10 +40,20 @@ def samples(path):
 
 
 def syscall(frames):
+    """The syscall a kernel sample is in, from its chain (leaf first)."""
     for fr in frames:
         m = re.search(r"__(?:x64|se|do)_sys_(\w+)", fr)
         if m:
             return m.group(1)
+    # Newer kernels inline the __x64_sys_ wrappers: take the frame that
+    # do_syscall_64 called (do_writev, ksys_write, exit_to_user_mode_loop).
+    names = [fr.split()[1] if len(fr.split()) > 1 else "" for fr in frames]
+    if "do_syscall_64" in names:
+        i = names.index("do_syscall_64")
+        callee = names[i - 1] if i > 0 else ""
+        if callee == "exit_to_user_mode_loop":
+            return "(rescheduled on syscall exit)"
+        return re.sub(r"^(ksys_|do_|__)", "", callee) or None
     for fr in frames:
         if "kallsyms" not in fr:
             return None

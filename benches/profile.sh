@@ -13,12 +13,16 @@
 #                syscall tracepoints (counts without strace's slowdown), and
 #                system-wide ext4 journal commits (other processes' too)
 #   perf-record  perf record -g (cpu-clock, dwarf call graphs) attached for the load
-#   callgrind    the relay under valgrind --tool=callgrind (use COUNT ~200)
+#   callgrind    the relay under valgrind --tool=callgrind, collecting from the
+#                start of the load on (use COUNT ~200): instruction counts in
+#                user space, free of the machine's noise
 # COUNT (2000) messages of SIZE (1024) bytes over SESSIONS (20) parallel
 # sessions, one new connection per message (smtp-source's default).
 #
 # Environment: BIN (target/release/smarthost), OUT (/tmp/smarthost-profile),
-# RELAY_PORT (2700), SINK_PORT (2726). Needs postfix (smtp-source, smtp-sink),
+# RELAY_PORT (2700), SINK_PORT (2726), TLS (unset; 1.3 or 1.2: the load comes
+# from the shared bench's python loader, ../shared/bench/smtpload.py, with
+# STARTTLS on every connection, since smtp-source has none). Needs postfix (smtp-source, smtp-sink),
 # strace, perf or valgrind as the mode asks. Loopback only; the load is bounded
 # (smtp-source under `timeout`, the drain wait at most 60 s); everything it
 # starts is stopped by PID on exit.
@@ -79,7 +83,7 @@ PIDS+=($!)
 wait_listen "$SINK_PORT"
 
 if [ "$MODE" = callgrind ]; then
-    valgrind --tool=callgrind --callgrind-out-file="$OUT/callgrind.out" \
+    valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$OUT/callgrind.out" \
         "$BIN" serve --config "$OUT/smarthost.toml" 2> "$OUT/relay.log" &
     RELAY=$!
     PIDS+=("$RELAY")
@@ -94,7 +98,8 @@ wait_listen "$RELAY_PORT"
 TOOL=
 JBD2=
 case $MODE in
-run | callgrind) ;;
+run) ;;
+callgrind) callgrind_control -i on "$RELAY" ;;
 strace)
     strace -f -c -o "$OUT/strace.txt" -p "$RELAY" &
     TOOL=$!
@@ -127,8 +132,14 @@ esac
 base=$(sink_count); base=${base:-0}
 cpu0=$(cpu_ticks "$RELAY")
 t0=$(date +%s.%N)
-timeout 300 smtp-source -s "$SESSIONS" -m "$COUNT" -l "$SIZE" \
-    -f a@example.com -t b@example.net "127.0.0.1:$RELAY_PORT"
+if [ -n "${TLS:-}" ]; then
+    timeout 300 python3 "${SMTPLOAD:-$ROOT/../shared/bench/smtpload.py}" load \
+        --addr "127.0.0.1:$RELAY_PORT" --tls "$TLS" --sessions "$SESSIONS" \
+        --count "$COUNT" --size "$SIZE" --time-limit 240 > "$OUT/load.out"
+else
+    timeout 300 smtp-source -s "$SESSIONS" -m "$COUNT" -l "$SIZE" \
+        -f a@example.com -t b@example.net "127.0.0.1:$RELAY_PORT"
+fi
 t_accept=$(date +%s.%N)
 for _ in $(seq 600); do
     got=$(sink_count); got=${got:-0}
