@@ -419,7 +419,7 @@ fn queue(action: QueueAction) -> ExitCode {
             if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
                 return Err(format!("{id:?} is not a queue id"));
             }
-            if !spool.envelope_path(&id).exists() {
+            if !spool.contains(&id) {
                 return Err(format!("no queued message {id}"));
             }
             spool.remove(&id).map_err(|e| e.to_string())?;

@@ -1,38 +1,50 @@
 //! The durable spool: where an accepted message lives until it is delivered.
 //!
-//! # On-disk format (version 1)
+//! # On-disk format (layout version 2)
 //!
 //! ```text
 //! <queue.path>/
-//!   tmp/<id>.eml, tmp/<id>.json   being written; anything here at start is debris
-//!   msg/<id>.eml                  the message exactly as it will be relayed: our
-//!                                 Received header, then the content, CRLF line
-//!                                 endings only (no bare CR or LF), ending in CRLF
-//!   msg/<id>.json                 the envelope (`Envelope`, JSON), with one status
-//!                                 per recipient, which delivery rewrites
+//!   tmp/<id>.msg, tmp/<id>.json   being written; anything here at start is debris
+//!   msg/<id>.msg                  one file per message: the message exactly as it
+//!                                 will be relayed (our Received header, then the
+//!                                 content, CRLF line endings only, ending in CRLF),
+//!                                 then the envelope as accepted (`Envelope`, JSON),
+//!                                 then a 33-byte footer:
+//!                                 "\nsmarthost spool v2 " + 12-digit JSON length + "\n"
+//!   msg/<id>.json                 only once delivery has something to record: the
+//!                                 envelope with each recipient's new status; it
+//!                                 overrides the copy in `<id>.msg`
 //! ```
 //!
-//! A message is queued if and only if both `msg/<id>.eml` and `msg/<id>.json`
-//! exist. Storing one: write both to `tmp/`, fsync each, rename both into `msg/`
-//! (body first), fsync `msg/`, and only then answer `250`. A crash before that
-//! directory fsync may leave one of the pair or neither; no 250 was sent for it,
-//! so `Spool::open` removes a lone file as debris. Delivery updates an envelope
-//! the same way: write `tmp/<id>.json`, fsync, rename over `msg/<id>.json`, fsync
-//! `msg/`; a message is removed (json first, then eml) when no recipient is pending.
+//! A message is queued if and only if `msg/<id>.msg` exists. Storing one: write
+//! content, envelope and footer to `tmp/<id>.msg`, fsync it, rename it into
+//! `msg/`, fsync `msg/`, and only then answer `250`: one file fsync and one
+//! rename per message (layout 1 had two of each: content and envelope apart).
+//! A crash before the directory fsync may lose the rename; no 250 was sent.
+//! Delivery records state in `msg/<id>.json` (write `tmp/<id>.json`, fsync,
+//! rename, fsync `msg/`), and removes a finished message `.msg` first, so a
+//! crash in between leaves a lone `.json`, which `Spool::open` sweeps.
 //!
 //! Directory fsyncs are shared between concurrent stores (`DirSync`): one fsync
 //! started after a rename covers it, so under load many sessions' messages are
 //! made durable by one call (group commit).
 //!
-//! A message from a client is written as it arrives (`Incoming`): `tmp/<id>.eml`
+//! A message from a client is written as it arrives (`Incoming`): `tmp/<id>.msg`
 //! is created with its first bytes and grows by one write per buffer; at the
-//! end comes the rest of it and then the same sequence (fsync, envelope, renames,
-//! directory fsync) before the `250`. A message that is refused, abandoned or
-//! fails to write has its temporary file removed then and there.
+//! end comes the rest of it with the envelope and footer, then the same
+//! sequence (fsync, rename, directory fsync) before the `250`. A message that
+//! is refused, abandoned or fails to write has its temporary file removed then
+//! and there.
+//!
+//! A spool in layout 1 (`msg/<id>.eml` + `msg/<id>.json`) is migrated by
+//! `Spool::open`: each `.eml` becomes a `.msg` with the envelope appended (the
+//! `.json` stays, as the delivery state it already is), fsynced and renamed in
+//! before the `.eml` is removed, so a crash mid-way migrates again.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -167,7 +179,35 @@ pub enum RecipientStatus {
     },
 }
 
+/// The envelope's JSON schema (`Envelope::version`).
 pub const FORMAT_VERSION: u32 = 1;
+
+/// The end of every `.msg` file: names the layout, locates the envelope.
+const FOOTER_TAG: &[u8] = b"\nsmarthost spool v2 ";
+const FOOTER_LEN: usize = FOOTER_TAG.len() + 12 + 1;
+
+fn footer(json_len: usize) -> Vec<u8> {
+    let mut f = FOOTER_TAG.to_vec();
+    f.extend_from_slice(format!("{json_len:012}\n").as_bytes());
+    f
+}
+
+/// The envelope's length from a `.msg` file's last `FOOTER_LEN` bytes.
+fn parse_footer(id: &str, tail: &[u8]) -> Result<u64, SpoolError> {
+    let corrupt = || SpoolError::Corrupt {
+        id: id.into(),
+        reason: "no spool footer at the end of the message file".into(),
+    };
+    let digits = tail
+        .strip_prefix(FOOTER_TAG)
+        .and_then(|t| t.strip_suffix(b"\n"))
+        .ok_or_else(corrupt)?;
+    std::str::from_utf8(digits)
+        .ok()
+        .filter(|d| d.len() == 12 && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse().ok())
+        .ok_or_else(corrupt)
+}
 
 /// A fresh queue id: time-ordered, unique within and across runs.
 /// Hex of microseconds since the epoch, a per-process sequence and random bits.
@@ -227,7 +267,8 @@ struct SpoolInner {
 }
 
 impl Spool {
-    /// Opens (creating if needed) the spool at `root` and clears crash debris.
+    /// Opens (creating if needed) the spool at `root`, clears crash debris
+    /// and migrates a layout-1 spool (see the module docs).
     pub fn open(root: &Path) -> io::Result<Spool> {
         let msg_dir = root.join("msg");
         let tmp_dir = root.join("tmp");
@@ -236,21 +277,66 @@ impl Spool {
         for entry in fs::read_dir(&tmp_dir)? {
             fs::remove_file(entry?.path())?;
         }
-        // A lone half of a pair was never acknowledged: see the module docs.
+        let spool = Spool::at(root);
+        spool.migrate_layout_1()?;
+        // A `.json` without its `.msg` was never acknowledged, or its
+        // message was removed by a crash half-way.
         for entry in fs::read_dir(&msg_dir)? {
             let path = entry?.path();
-            let twin = match path.extension().and_then(|e| e.to_str()) {
-                Some("eml") => path.with_extension("json"),
-                Some("json") => path.with_extension("eml"),
-                _ => continue,
-            };
-            if !twin.exists() {
-                tracing::warn!(file = %path.display(), "removing unacknowledged spool file left by a crash");
+            if path.extension().is_some_and(|e| e == "json") && !path.with_extension("msg").exists()
+            {
+                tracing::warn!(file = %path.display(), "removing a delivery state without its message, left by a crash");
                 fs::remove_file(&path)?;
             }
         }
         File::open(&msg_dir)?.sync_all()?;
-        Ok(Spool::at(root))
+        Ok(spool)
+    }
+
+    /// Layout 1 kept content (`.eml`) and envelope (`.json`) apart: each pair
+    /// becomes a `.msg` (content + envelope + footer), made durable before
+    /// the `.eml` goes; the `.json` stays as its delivery state. A lone
+    /// `.eml` was never acknowledged and is removed.
+    fn migrate_layout_1(&self) -> io::Result<()> {
+        let msg_dir = &self.inner.msg_dir;
+        let mut migrated = Vec::new();
+        for entry in fs::read_dir(msg_dir)? {
+            let eml = entry?.path();
+            if eml.extension().is_none_or(|e| e != "eml") {
+                continue;
+            }
+            let json = eml.with_extension("json");
+            if !json.exists() {
+                tracing::warn!(file = %eml.display(), "removing unacknowledged spool file left by a crash");
+                fs::remove_file(&eml)?;
+                continue;
+            }
+            let id = eml
+                .file_stem()
+                .and_then(|s| s.to_str())
+                .unwrap_or_default()
+                .to_owned();
+            let tmp = self.inner.tmp_path(&id, "msg");
+            let _ = fs::remove_file(&tmp);
+            let mut file = TmpFile::create(tmp)?;
+            let (content, envelope) = (fs::read(&eml)?, fs::read(&json)?);
+            write_all(&file.file, &[&content, &envelope, &footer(envelope.len())])?;
+            file.file.sync_all()?;
+            fs::rename(&file.path, eml.with_extension("msg"))?;
+            file.keep = true;
+            migrated.push(eml);
+        }
+        if !migrated.is_empty() {
+            File::open(msg_dir)?.sync_all()?;
+            for eml in &migrated {
+                fs::remove_file(eml)?;
+            }
+            tracing::info!(
+                messages = migrated.len(),
+                "spool migrated from layout 1 to layout 2"
+            );
+        }
+        Ok(())
     }
 
     fn at(root: &Path) -> Spool {
@@ -270,6 +356,7 @@ impl Spool {
 
     /// Opens an existing spool without touching it: for `queue list/delete`
     /// while the relay runs (sweeping `tmp/` then would eat in-flight writes).
+    /// A spool still in layout 1 is refused: the relay migrates it at start.
     pub fn inspect(root: &Path) -> io::Result<Spool> {
         let msg_dir = root.join("msg");
         if !msg_dir.is_dir() {
@@ -278,15 +365,31 @@ impl Spool {
                 format!("no spool at {} (no msg/ directory)", root.display()),
             ));
         }
+        let layout_1 = fs::read_dir(&msg_dir)?
+            .filter_map(Result::ok)
+            .any(|e| e.path().extension().is_some_and(|x| x == "eml"));
+        if layout_1 {
+            return Err(io::Error::other(format!(
+                "the spool at {} is in the layout of an older smarthost; start `smarthost serve` once to migrate it",
+                root.display()
+            )));
+        }
         Ok(Spool::at(root))
     }
 
+    /// The file that holds message `id` (content, envelope, footer).
     pub fn message_path(&self, id: &str) -> PathBuf {
-        self.inner.msg_dir.join(format!("{id}.eml"))
+        self.inner.msg_dir.join(format!("{id}.msg"))
     }
 
-    pub fn envelope_path(&self, id: &str) -> PathBuf {
+    /// Where delivery records the state of message `id` (absent until then).
+    pub fn state_path(&self, id: &str) -> PathBuf {
         self.inner.msg_dir.join(format!("{id}.json"))
+    }
+
+    /// Whether message `id` is queued.
+    pub fn contains(&self, id: &str) -> bool {
+        self.message_path(id).exists()
     }
 
     /// Makes `message` and `envelope` durable. When this returns `Ok`, both
@@ -321,7 +424,7 @@ impl Spool {
         tokio::task::spawn_blocking(move || {
             let tmp = inner.tmp_dir.join(format!("{id}.json.update"));
             let target = inner.msg_dir.join(format!("{id}.json"));
-            if !inner.msg_dir.join(format!("{id}.eml")).exists() {
+            if !inner.msg_dir.join(format!("{id}.msg")).exists() {
                 return Err(SpoolError::Io(io::ErrorKind::NotFound.into()));
             }
             let _ = fs::remove_file(&tmp);
@@ -329,7 +432,7 @@ impl Spool {
             fs::rename(&tmp, &target)?;
             // Deleted meanwhile: take back the envelope just written. (A lone
             // envelope left by an even closer race is swept at the next start.)
-            if !inner.msg_dir.join(format!("{id}.eml")).exists() {
+            if !inner.msg_dir.join(format!("{id}.msg")).exists() {
                 let _ = fs::remove_file(&target);
                 return Err(SpoolError::Io(io::ErrorKind::NotFound.into()));
             }
@@ -340,17 +443,16 @@ impl Spool {
         .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// Removes a message: envelope first (it is what makes the pair count),
-    /// then the body. A crash in between leaves a lone body, swept at start.
+    /// Removes a message: the `.msg` first (it is what makes it queued),
+    /// then its state. A crash in between leaves a lone state, swept at start.
     pub fn remove(&self, id: &str) -> io::Result<()> {
-        match fs::remove_file(self.envelope_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
-            _ => {}
+        for path in [self.message_path(id), self.state_path(id)] {
+            match fs::remove_file(path) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
         }
-        match fs::remove_file(self.message_path(id)) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        Ok(())
     }
 
     /// The spool's root directory (where `queue flush` leaves its request).
@@ -363,32 +465,72 @@ impl Spool {
         let mut ids: Vec<String> = fs::read_dir(&self.inner.msg_dir)?
             .filter_map(|e| {
                 let name = e.ok()?.file_name().into_string().ok()?;
-                name.strip_suffix(".json").map(str::to_owned)
+                name.strip_suffix(".msg").map(str::to_owned)
             })
-            .filter(|id| self.message_path(id).exists())
             .collect();
         ids.sort();
         Ok(ids)
     }
 
-    /// Reads one queued message's envelope (delivery state) without its
-    /// content, checking that the pair is consistent (the content's size).
+    /// Reads one queued message's envelope (its delivery state) without its
+    /// content, checking that the file is whole.
     pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
-        let json = fs::read(self.envelope_path(id))?;
-        let envelope = parse_envelope(id, &json)?;
-        let size = fs::metadata(self.message_path(id))?.len();
-        check_size(&envelope, size)?;
+        let file = File::open(self.message_path(id))?;
+        let at = footer_start(id, file.metadata()?.len())?;
+        let mut tail = [0u8; FOOTER_LEN];
+        file.read_exact_at(&mut tail, at)?;
+        let content_len = content_len(id, at, &tail)?;
+        let envelope = self.envelope_of(id, || {
+            let mut json = vec![0; (at - content_len) as usize];
+            file.read_exact_at(&mut json, content_len)?;
+            Ok(json)
+        })?;
+        check_size(&envelope, content_len)?;
         Ok(envelope)
     }
 
-    /// Reads one queued message back, checking that the pair is consistent.
+    /// Reads one queued message back: its envelope (the recorded state, if
+    /// any) and its content, checking that they belong together.
     pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
-        let json = fs::read(self.envelope_path(id))?;
-        let envelope = parse_envelope(id, &json)?;
-        let message = fs::read(self.message_path(id))?;
-        check_size(&envelope, message.len() as u64)?;
-        Ok((envelope, message))
+        let mut bytes = fs::read(self.message_path(id))?;
+        let at = footer_start(id, bytes.len() as u64)? as usize;
+        let content_len = content_len(id, at as u64, &bytes[at..])? as usize;
+        let envelope = self.envelope_of(id, || Ok(bytes[content_len..at].to_vec()))?;
+        check_size(&envelope, content_len as u64)?;
+        bytes.truncate(content_len);
+        Ok((envelope, bytes))
     }
+
+    /// The state delivery recorded for `id`, else the envelope as accepted.
+    fn envelope_of(
+        &self,
+        id: &str,
+        accepted: impl FnOnce() -> io::Result<Vec<u8>>,
+    ) -> Result<Envelope, SpoolError> {
+        let json = match fs::read(self.state_path(id)) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => accepted()?,
+            recorded => recorded?,
+        };
+        parse_envelope(id, &json)
+    }
+}
+
+/// Where the footer of a `.msg` file of `len` bytes starts.
+fn footer_start(id: &str, len: u64) -> Result<u64, SpoolError> {
+    len.checked_sub(FOOTER_LEN as u64)
+        .ok_or_else(|| SpoolError::Corrupt {
+            id: id.into(),
+            reason: format!("message file of {len} bytes has no footer"),
+        })
+}
+
+/// The content's length in a `.msg` file whose footer, `tail`, starts at `at`.
+fn content_len(id: &str, at: u64, tail: &[u8]) -> Result<u64, SpoolError> {
+    let json_len = parse_footer(id, tail)?;
+    at.checked_sub(json_len).ok_or_else(|| SpoolError::Corrupt {
+        id: id.into(),
+        reason: format!("footer names an envelope of {json_len} bytes before byte {at}"),
+    })
 }
 
 /// The same reads and removal for async callers (the queue manager, the admin
@@ -497,7 +639,7 @@ impl Incoming {
         }
         let header = std::mem::take(&mut self.header);
         let file = self.file.take();
-        let path = self.inner.tmp_path(&self.id, "eml");
+        let path = self.inner.tmp_path(&self.id, "msg");
         // If this future is dropped mid-write, the file comes back in the
         // task's output, which tokio drops: TmpFile's Drop removes it.
         let done = tokio::task::spawn_blocking(move || {
@@ -617,8 +759,8 @@ impl SpoolInner {
         self.tmp_dir.join(format!("{id}.{ext}"))
     }
 
-    /// The end of a store: the last bytes of the message, its fsync, the
-    /// envelope, both renames and the directory fsync.
+    /// The end of a store: the last bytes of the message, the envelope and
+    /// the footer, one fsync, the rename and the directory fsync.
     fn commit_blocking(
         &self,
         id: &str,
@@ -627,32 +769,22 @@ impl SpoolInner {
         tail: &[u8],
         json: &[u8],
     ) -> Result<(), SpoolError> {
-        let tmp_eml = self.tmp_path(id, "eml");
-        let tmp_json = self.tmp_path(id, "json");
+        let target = self.msg_dir.join(format!("{id}.msg"));
         let result = (|| {
             let mut file = match file {
                 Some(f) => f,
-                None => TmpFile::create(tmp_eml.clone())?,
+                None => TmpFile::create(self.tmp_path(id, "msg"))?,
             };
-            write_all(&file.file, &[header, tail])?;
+            write_all(&file.file, &[header, tail, json, &footer(json.len())])?;
             file.file.sync_all()?;
-            write_synced(&tmp_json, json)?;
-            fs::rename(&tmp_eml, self.msg_dir.join(format!("{id}.eml")))?;
+            fs::rename(&file.path, &target)?;
             file.keep = true;
-            drop(file);
-            fs::rename(&tmp_json, self.msg_dir.join(format!("{id}.json")))?;
             self.dir_sync.sync_after_rename()
         })();
         if let Err(e) = result {
-            // Leave nothing that looks accepted: no 250 will be sent.
-            for p in [
-                tmp_eml,
-                tmp_json,
-                self.msg_dir.join(format!("{id}.json")),
-                self.msg_dir.join(format!("{id}.eml")),
-            ] {
-                let _ = fs::remove_file(p);
-            }
+            // Leave nothing that looks accepted: no 250 will be sent. (The
+            // temporary file, if it was not renamed, removed itself.)
+            let _ = fs::remove_file(target);
             return Err(e.into());
         }
         Ok(())
@@ -736,6 +868,82 @@ mod tests {
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0);
     }
 
+    #[tokio::test]
+    async fn one_file_per_message_and_the_recorded_state_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        let mut env = envelope("S1", 3);
+        spool.store(&env, b"a\r\n".to_vec()).await.unwrap();
+        let names = |d: &str| {
+            let mut n: Vec<String> = fs::read_dir(dir.path().join(d))
+                .unwrap()
+                .map(|e| e.unwrap().file_name().into_string().unwrap())
+                .collect();
+            n.sort();
+            n
+        };
+        assert_eq!(names("msg"), ["S1.msg"]);
+        let file = fs::read(dir.path().join("msg/S1.msg")).unwrap();
+        assert!(file.starts_with(b"a\r\n{"), "content, then the envelope");
+        assert!(file.ends_with(b"\n") && file[file.len() - FOOTER_LEN..].starts_with(FOOTER_TAG));
+        assert_eq!(spool.read_envelope("S1").unwrap(), env);
+
+        env.recipients[0].status = RecipientStatus::Deferred {
+            reply: "451 4.4.1 later".into(),
+            attempts: 1,
+            next_attempt: 9,
+        };
+        spool.update(&env).await.unwrap();
+        assert_eq!(names("msg"), ["S1.json", "S1.msg"]);
+        assert_eq!(spool.read_envelope("S1").unwrap(), env);
+        assert_eq!(spool.read("S1").unwrap(), (env.clone(), b"a\r\n".to_vec()));
+
+        // A torn file (no footer, or one that does not fit) is corrupt, not a panic.
+        for len in [0, 2, file.len() - 1] {
+            fs::write(dir.path().join("msg/S1.msg"), &file[..len]).unwrap();
+            assert!(
+                matches!(spool.read("S1"), Err(SpoolError::Corrupt { .. })),
+                "{len}"
+            );
+            assert!(
+                matches!(spool.read_envelope("S1"), Err(SpoolError::Corrupt { .. })),
+                "{len}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_layout_1_spool_is_migrated_at_open_and_refused_by_inspect() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(Spool::open(dir.path()).unwrap());
+        let mut env = envelope("M1", 4);
+        env.recipients[0].status = RecipientStatus::Deferred {
+            reply: "451 4.4.1 later".into(),
+            attempts: 2,
+            next_attempt: 7,
+        };
+        fs::write(dir.path().join("msg/M1.eml"), b"ab\r\n").unwrap();
+        fs::write(
+            dir.path().join("msg/M1.json"),
+            serde_json::to_vec_pretty(&env).unwrap(),
+        )
+        .unwrap();
+        let refused = Spool::inspect(dir.path()).err().expect("refused");
+        assert!(
+            refused.to_string().contains("start `smarthost serve` once"),
+            "{refused}"
+        );
+
+        let spool = Spool::open(dir.path()).unwrap();
+        assert!(!dir.path().join("msg/M1.eml").exists());
+        assert_eq!(spool.list().unwrap(), ["M1"]);
+        assert_eq!(spool.read("M1").unwrap(), (env.clone(), b"ab\r\n".to_vec()));
+        // Without the recorded state, the envelope in the file is the same.
+        fs::remove_file(dir.path().join("msg/M1.json")).unwrap();
+        assert_eq!(spool.read_envelope("M1").unwrap(), env);
+        assert!(Spool::inspect(dir.path()).is_ok());
+    }
+
     fn tmp_files(dir: &Path) -> usize {
         fs::read_dir(dir.join("tmp")).unwrap().count()
     }
@@ -806,14 +1014,16 @@ mod tests {
     fn open_removes_lone_halves_and_tmp_debris() {
         let dir = tempfile::tempdir().unwrap();
         drop(Spool::open(dir.path()).unwrap());
+        // A layout-1 content file without its envelope, a state without its
+        // message, and anything in tmp/.
         fs::write(dir.path().join("msg/A.eml"), b"x").unwrap();
         fs::write(dir.path().join("msg/B.json"), b"{}").unwrap();
-        fs::write(dir.path().join("tmp/C.eml"), b"x").unwrap();
+        fs::write(dir.path().join("tmp/C.msg"), b"x").unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         assert!(spool.list().unwrap().is_empty());
         assert!(!dir.path().join("msg/A.eml").exists());
         assert!(!dir.path().join("msg/B.json").exists());
-        assert!(!dir.path().join("tmp/C.eml").exists());
+        assert!(!dir.path().join("tmp/C.msg").exists());
     }
 
     #[test]

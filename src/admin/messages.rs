@@ -106,7 +106,7 @@ fn settle(ring: &Ring, spool: &Spool, m: &mut Message) {
             .iter()
             .any(|r| matches!(r.state, "queued" | "deferred"))
     };
-    if !pending(m) || spool.envelope_path(&m.id).exists() {
+    if !pending(m) || spool.contains(&m.id) {
         return;
     }
     if let Some(now) = ring.get(&m.id) {
