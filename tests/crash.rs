@@ -64,13 +64,13 @@ fn files_in(dir: &Path) -> BTreeSet<String> {
     file_names(dir).into_iter().collect()
 }
 
-/// Before any restart: each acknowledged message has both halves in msg/.
-fn assert_acknowledged_pairs_on_disk(spool_dir: &Path, sent: &[Sent]) {
+/// Before any restart: each acknowledged message has its file in msg/.
+fn assert_acknowledged_on_disk(spool_dir: &Path, sent: &[Sent]) {
     let msg = files_in(&spool_dir.join("msg"));
     for s in sent {
         if let Some(id) = &s.queued_as {
             assert!(
-                msg.contains(&format!("{id}.eml")) && msg.contains(&format!("{id}.json")),
+                msg.contains(&format!("{id}.msg")),
                 "message {} was acknowledged as {id} but msg/ holds {msg:?}",
                 s.message_id
             );
@@ -78,7 +78,8 @@ fn assert_acknowledged_pairs_on_disk(spool_dir: &Path, sent: &[Sent]) {
     }
 }
 
-/// The spool as a (restarted) relay sees it: only complete pairs in msg/,
+/// The spool as a (restarted) relay sees it: only whole messages in msg/
+/// (no delivery state: nothing was delivered),
 /// nothing in tmp/; every acknowledged message there and equal to what was
 /// sent; anything else there is a message whose content was completely sent
 /// (stored, then killed before its 250 went out) and equal to it too.
@@ -86,12 +87,10 @@ fn assert_acknowledged_pairs_on_disk(spool_dir: &Path, sent: &[Sent]) {
 fn assert_spool_consistent(spool_dir: &Path, sent: &[Sent]) -> Vec<String> {
     let msg = files_in(&spool_dir.join("msg"));
     for f in &msg {
-        let twin = match f.rsplit_once('.') {
-            Some((stem, "eml")) => format!("{stem}.json"),
-            Some((stem, "json")) => format!("{stem}.eml"),
-            _ => panic!("unexpected file msg/{f}"),
-        };
-        assert!(msg.contains(&twin), "lone msg/{f} after restart: {msg:?}");
+        assert!(
+            f.ends_with(".msg"),
+            "unexpected file msg/{f} after restart: {msg:?}"
+        );
     }
     assert!(
         files_in(&spool_dir.join("tmp")).is_empty(),
@@ -219,7 +218,7 @@ async fn sigkill_at_the_last_250_loses_no_acknowledged_message() {
         let sent = results.lock().unwrap().clone();
         assert_eq!(sent.len(), TASKS * PER_TASK);
         assert!(sent.iter().all(|s| s.queued_as.is_some()));
-        assert_acknowledged_pairs_on_disk(&h.spool_dir(), &sent);
+        assert_acknowledged_on_disk(&h.spool_dir(), &sent);
 
         let relay = Relay::start(&h).await;
         let extra = assert_spool_consistent(&h.spool_dir(), &sent);
@@ -313,7 +312,7 @@ async fn sigkill_mid_burst_keeps_acknowledged_and_drops_partial_messages() {
         assert!(busy != usize::MAX, "the kill never happened");
         assert!(stalled.try_reply().await.is_none(), "stalled session answered");
         sent.push(stalled_sent);
-        assert_acknowledged_pairs_on_disk(&h.spool_dir(), &sent);
+        assert_acknowledged_on_disk(&h.spool_dir(), &sent);
 
         let relay = Relay::start(&h).await;
         let extra = assert_spool_consistent(&h.spool_dir(), &sent);
@@ -440,7 +439,7 @@ async fn sigkill_while_storing_is_all_or_nothing() {
             s.queued_as = reply.await.unwrap();
             outcomes.push(s.queued_as.is_some());
             sent.push(s);
-            assert_acknowledged_pairs_on_disk(&h.spool_dir(), &sent);
+            assert_acknowledged_on_disk(&h.spool_dir(), &sent);
         }
         let relay = Relay::start(&h).await;
         let extra = assert_spool_consistent(&h.spool_dir(), &sent);

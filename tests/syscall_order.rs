@@ -2,10 +2,11 @@
 //! strace, one message is sent over a cleartext session (so the `250` is
 //! readable in the trace), and the trace must show, for that message:
 //!
-//! 1. the writes of `tmp/<id>.eml` and `tmp/<id>.json`, each then fsynced
-//!    (the fsync starting after the file's last write ended);
-//! 2. both renamed into `msg/` after their fsyncs returned;
-//! 3. an fsync of the `msg/` directory that started after both renames
+//! 1. the writes of `tmp/<id>.msg` (content, envelope and footer: one file,
+//!    and no other for that id), then its fsync (starting after the file's
+//!    last write ended);
+//! 2. its rename into `msg/` after the fsync returned;
+//! 3. an fsync of the `msg/` directory that started after the rename
 //!    returned (the rename itself is only durable once its directory is);
 //! 4. and only after that fsync returned, the write of `250 ... queued as
 //!    <id>` to the client's socket.
@@ -137,7 +138,7 @@ fn parse_trace(text: &str) -> Vec<Call> {
 }
 
 /// The path strace -y shows for a call's first (fd) argument, as in
-/// `fsync(12</spool/tmp/X.eml>)`.
+/// `fsync(12</spool/tmp/X.msg>)`.
 fn fd_path(call: &Call) -> Option<&str> {
     let args = call.text.split_once('(')?.1;
     let open = args.find('<')?;
@@ -236,50 +237,59 @@ fn check_order(trace: &str, id: &str, spool: &Path) -> usize {
     let tmp = |ext: &str| spool.join("tmp").join(format!("{id}.{ext}"));
     let on = |c: &Call, path: &PathBuf| fd_path(c) == Some(path.to_str().unwrap());
 
-    let mut renamed_end = 0;
-    let mut message_writes = 0;
-    for ext in ["eml", "json"] {
-        let file = tmp(ext);
-        let writes: Vec<&Call> = calls
-            .iter()
-            .filter(|c| matches!(c.name.as_str(), "write" | "writev") && on(c, &file))
-            .collect();
-        if ext == "eml" {
-            message_writes = writes.len();
-        }
-        assert!(
-            !writes.is_empty(),
-            "no write of {}:\n{shown}",
-            file.display()
-        );
-        assert!(writes.iter().all(|c| ok(c)), "{shown}");
-        let fsync = calls
-            .iter()
-            .find(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && on(c, &file))
-            .unwrap_or_else(|| panic!("{} never fsynced:\n{shown}", file.display()));
-        assert!(ok(fsync), "{shown}");
-        let last_write = writes.iter().map(|c| c.end).max().unwrap();
-        assert!(
-            last_write < fsync.start,
-            "{}: fsync started before the last write returned:\n{shown}",
-            file.display()
-        );
-        let rename = calls
-            .iter()
-            .find(|c| {
-                c.name.starts_with("rename")
-                    && c.text.contains(&format!("tmp/{id}.{ext}\""))
-                    && c.text.contains(&format!("msg/{id}.{ext}\""))
-            })
-            .unwrap_or_else(|| panic!("{} never renamed into msg/:\n{shown}", file.display()));
-        assert!(ok(rename), "{shown}");
-        assert!(
-            fsync.end < rename.start,
-            "{}: renamed before its fsync returned:\n{shown}",
-            file.display()
-        );
-        renamed_end = renamed_end.max(rename.end);
-    }
+    // One file holds the message, envelope and all: nothing else of it goes
+    // through tmp/.
+    let file = tmp("msg");
+    let tmp_dir = spool.join("tmp");
+    let elsewhere: Vec<&&Call> = relevant
+        .iter()
+        .filter(|c| fd_path(c).is_some_and(|p| Path::new(p).starts_with(&tmp_dir) && !on(c, &file)))
+        .collect();
+    assert!(
+        elsewhere.is_empty(),
+        "other temporary files for {id}:\n{shown}"
+    );
+    let writes: Vec<&Call> = calls
+        .iter()
+        .filter(|c| matches!(c.name.as_str(), "write" | "writev") && on(c, &file))
+        .collect();
+    assert!(
+        !writes.is_empty(),
+        "no write of {}:\n{shown}",
+        file.display()
+    );
+    assert!(writes.iter().all(|c| ok(c)), "{shown}");
+    assert!(
+        writes.iter().any(|c| c.text.contains("smarthost spool v2")),
+        "the envelope's footer is not written to {}:\n{shown}",
+        file.display()
+    );
+    let fsync = calls
+        .iter()
+        .find(|c| matches!(c.name.as_str(), "fsync" | "fdatasync") && on(c, &file))
+        .unwrap_or_else(|| panic!("{} never fsynced:\n{shown}", file.display()));
+    assert!(ok(fsync), "{shown}");
+    let last_write = writes.iter().map(|c| c.end).max().unwrap();
+    assert!(
+        last_write < fsync.start,
+        "{}: fsync started before the last write returned:\n{shown}",
+        file.display()
+    );
+    let rename = calls
+        .iter()
+        .find(|c| {
+            c.name.starts_with("rename")
+                && c.text.contains(&format!("tmp/{id}.msg\""))
+                && c.text.contains(&format!("msg/{id}.msg\""))
+        })
+        .unwrap_or_else(|| panic!("{} never renamed into msg/:\n{shown}", file.display()));
+    assert!(ok(rename), "{shown}");
+    assert!(
+        fsync.end < rename.start,
+        "{}: renamed before its fsync returned:\n{shown}",
+        file.display()
+    );
+    let (message_writes, renamed_end) = (writes.len(), rename.end);
 
     // The 250 on the client's socket (a TCP fd, decoded by -yy).
     let reply = calls
@@ -310,19 +320,16 @@ fn check_order(trace: &str, id: &str, spool: &Path) -> usize {
 /// A trace in strace's format, as two threads would write it: the session's
 /// store on one (its dir fsync shared with, and started by, another
 /// thread's group commit), the reply on another.
-const GOOD: &str = r#"101  10:00:00.000001 write(12</s/tmp/ID.eml>, "Received: from client.test"..., 3211) = 3211
-101  10:00:00.000002 fsync(12</s/tmp/ID.eml> <unfinished ...>
+const GOOD: &str = r#"101  10:00:00.000001 writev(12</s/tmp/ID.msg>, [{iov_base="Received: from client.test"..., iov_len=3211}, {iov_base="\nsmarthost spool v2 000000000556\n", iov_len=33}], 2) = 3244
+101  10:00:00.000002 fsync(12</s/tmp/ID.msg> <unfinished ...>
 102  10:00:00.000003 write(2</s/relay.log>, "log line", 8) = 8
 101  10:00:00.000004 <... fsync resumed>) = 0
-101  10:00:00.000005 write(12</s/tmp/ID.json>, "{}", 2) = 2
-101  10:00:00.000006 fsync(12</s/tmp/ID.json>) = 0
-101  10:00:00.000007 rename("/s/tmp/ID.eml", "/s/msg/ID.eml") = 0
-101  10:00:00.000008 rename("/s/tmp/ID.json", "/s/msg/ID.json") = 0
-103  10:00:00.000009 fsync(13</s/msg> <unfinished ...>
-101  10:00:00.000010 write(2</s/relay.log>, "waiting", 7) = 7
-103  10:00:00.000011 <... fsync resumed>) = 0
-104  10:00:00.000012 sendto(11<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.0.0 Ok: queued as ID\r\n", 29, MSG_NOSIGNAL, NULL, 0) = 29
-104  10:00:00.000013 +++ exited with 0 +++
+101  10:00:00.000005 rename("/s/tmp/ID.msg", "/s/msg/ID.msg") = 0
+103  10:00:00.000006 fsync(13</s/msg> <unfinished ...>
+101  10:00:00.000007 write(2</s/relay.log>, "waiting", 7) = 7
+103  10:00:00.000008 <... fsync resumed>) = 0
+104  10:00:00.000009 sendto(11<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.0.0 Ok: queued as ID\r\n", 29, MSG_NOSIGNAL, NULL, 0) = 29
+104  10:00:00.000010 +++ exited with 0 +++
 "#;
 
 fn check(trace: &str) -> Result<(), String> {
@@ -349,26 +356,43 @@ fn the_order_check_fails_on_wrong_orders() {
         l.join("\n")
     };
     // The 250 before the directory fsync returned.
-    let e = check(&reorder(11, 10)).unwrap_err();
+    let e = check(&reorder(8, 7)).unwrap_err();
     assert!(e.contains("before the directory fsync returned"), "{e}");
-    // The directory fsync begun before the renames.
-    let e = check(&reorder(8, 6)).unwrap_err();
+    // The directory fsync begun before the rename.
+    let e = check(&reorder(5, 4)).unwrap_err();
     assert!(e.contains("no fsync of /s/msg after the renames"), "{e}");
-    // A rename before its file's fsync returned.
+    // The rename before the file's fsync returned.
     let mut l = lines.clone();
-    l.swap(3, 6);
+    l.swap(3, 4);
     let e = check(&l.join("\n")).unwrap_err();
     assert!(e.contains("renamed before its fsync returned"), "{e}");
     // An fsync before the last write.
-    let e = check(&reorder(4, 5)).unwrap_err();
+    let e = check(&reorder(0, 1)).unwrap_err();
     assert!(
         e.contains("fsync started before the last write returned"),
         "{e}"
     );
-    // No fsync of a file at all.
-    let e =
-        check(&GOOD.replace("fsync(12</s/tmp/ID.json>)", "fstat(12</s/tmp/ID.json>)")).unwrap_err();
+    // No fsync of the file at all.
+    let e = check(
+        &GOOD
+            .replace(
+                "fsync(12</s/tmp/ID.msg> <unf",
+                "fstat(12</s/tmp/ID.msg> <unf",
+            )
+            .replace(
+                "101  10:00:00.000004 <... fsync",
+                "101  10:00:00.000004 <... fstat",
+            ),
+    )
+    .unwrap_err();
     assert!(e.contains("never fsynced"), "{e}");
+    // A second temporary file for the message (layout 1's envelope).
+    let e = check(&GOOD.replace(
+        "102  10:00:00.000003 write(2</s/relay.log>",
+        "102  10:00:00.000003 write(14</s/tmp/ID.json>",
+    ))
+    .unwrap_err();
+    assert!(e.contains("other temporary files"), "{e}");
     // The reply on something other than a TCP socket.
     let e = check(&GOOD.replace("sendto(11<TCP:", "sendto(11<UNIX:")).unwrap_err();
     assert!(e.contains("not written to a TCP socket"), "{e}");
