@@ -6,7 +6,8 @@
 //! beside references measured in the same run, in interleaved rounds:
 //!
 //! * `disk floor`: what durability costs with plain std calls, in the spool's
-//!   filesystem: write+fsync two files, rename both, fsync the directory.
+//!   filesystem: write+fsync one file the size of the relay's, rename it,
+//!   fsync the directory (the spool's layout 2, in std calls).
 //! * `smtp-sink`: Postfix's protocol-only sink (no fsync) driven by the same
 //!   client code; skipped with a note when it is not installed.
 //!
@@ -104,8 +105,7 @@ async fn quit(mut c: BenchClient) {
 struct Floor {
     tmp: PathBuf,
     msg: PathBuf,
-    eml: Vec<u8>,
-    json: Vec<u8>,
+    file: Vec<u8>,
     seq: AtomicU64,
     /// For the grouped variant: renames so far, and the count covered by
     /// the last directory fsync (the spool's `DirSync` algorithm).
@@ -114,7 +114,7 @@ struct Floor {
 }
 
 impl Floor {
-    fn new(root: &Path, eml_len: usize, json_len: usize) -> io::Result<Floor> {
+    fn new(root: &Path, len: usize) -> io::Result<Floor> {
         let tmp = root.join("tmp");
         let msg = root.join("msg");
         fs::create_dir_all(&tmp)?;
@@ -122,8 +122,7 @@ impl Floor {
         Ok(Floor {
             tmp,
             msg,
-            eml: vec![b'e'; eml_len],
-            json: vec![b'j'; json_len],
+            file: vec![b'm'; len],
             seq: AtomicU64::new(0),
             renamed: AtomicU64::new(0),
             synced: Mutex::new(0),
@@ -135,12 +134,9 @@ impl Floor {
     fn store(&self, grouped: bool) -> io::Result<Duration> {
         let id = format!("{:016X}", self.seq.fetch_add(1, Ordering::Relaxed));
         let start = Instant::now();
-        let tmp_eml = self.tmp.join(format!("{id}.eml"));
-        let tmp_json = self.tmp.join(format!("{id}.json"));
-        write_synced(&tmp_eml, &self.eml)?;
-        write_synced(&tmp_json, &self.json)?;
-        fs::rename(&tmp_eml, self.msg.join(format!("{id}.eml")))?;
-        fs::rename(&tmp_json, self.msg.join(format!("{id}.json")))?;
+        let tmp = self.tmp.join(format!("{id}.msg"));
+        write_synced(&tmp, &self.file)?;
+        fs::rename(&tmp, self.msg.join(format!("{id}.msg")))?;
         if grouped {
             let mine = self.renamed.fetch_add(1, Ordering::SeqCst) + 1;
             let mut synced = self.synced.lock().unwrap_or_else(|e| e.into_inner());
@@ -332,14 +328,12 @@ fn filesystem(path: &Path) -> (String, String, String) {
     }
 }
 
-/// Sizes of one message's files as the relay stored them (for the floor).
-fn spooled_sizes(msg_dir: &Path) -> Option<(usize, usize)> {
+/// The size of one message's file as the relay stored it (for the floor).
+fn spooled_size(msg_dir: &Path) -> Option<usize> {
     for entry in fs::read_dir(msg_dir).ok()? {
         let path = entry.ok()?.path();
-        if path.extension().is_some_and(|e| e == "eml") {
-            let eml = fs::metadata(&path).ok()?.len() as usize;
-            let json = fs::metadata(path.with_extension("json")).ok()?.len() as usize;
-            return Some((eml, json));
+        if path.extension().is_some_and(|e| e == "msg") {
+            return Some(fs::metadata(&path).ok()?.len() as usize);
         }
     }
     None
@@ -435,13 +429,13 @@ fn main() -> Res<()> {
 
     let mut targets = Vec::new();
     let relay_plain = connect(relay_addr, 1, false);
-    // Size the floor's files like the relay's own (Received header, JSON).
-    let (eml_len, json_len) = spooled_sizes(&spool_msg).unwrap_or((MESSAGE_SIZE + 200, 600));
+    // Size the floor's file like the relay's own (Received header, envelope).
+    let len = spooled_size(&spool_msg).unwrap_or(MESSAGE_SIZE + 800);
     println!(
-        "message {MESSAGE_SIZE} B; relay stores {eml_len} B .eml + {json_len} B .json; [limits] defaults; \
+        "message {MESSAGE_SIZE} B; relay stores {len} B .msg; [limits] defaults; \
          {ROUNDS} rounds x ({MSGS_SINGLE} msgs on 1 conn | {CONNS} conns x {MSGS_PER_CONN} msgs)"
     );
-    let floor = Floor::new(&h.dir.path().join("floor"), eml_len, json_len)?;
+    let floor = Floor::new(&h.dir.path().join("floor"), len)?;
     for _ in 0..WARMUP {
         floor.store(false)?;
     }
