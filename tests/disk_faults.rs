@@ -485,7 +485,11 @@ async fn queued_messages_survive_a_full_disk_on_the_delivery_side() {
             3,
             "every envelope still parses and matches its body"
         );
-        assert_eq!(h.spool_files(), 6, "no stray files in msg/");
+        assert_eq!(
+            h.spool_files(),
+            6,
+            "a message and its recorded state each, no stray files in msg/"
+        );
 
         sink.start().await;
         eventually("all three delivered", 30, || sink.count() == 3).await;
