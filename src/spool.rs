@@ -192,6 +192,12 @@ fn footer(json_len: usize) -> Vec<u8> {
     f
 }
 
+/// The bytes of a `.msg` file holding `content` and the envelope `json`
+/// (for tools, tests and fuzzing; stores write the same in pieces).
+pub fn message_file(content: &[u8], json: &[u8]) -> Vec<u8> {
+    [content, json, &footer(json.len())].concat()
+}
+
 /// The envelope's length from a `.msg` file's last `FOOTER_LEN` bytes.
 fn parse_footer(id: &str, tail: &[u8]) -> Result<u64, SpoolError> {
     let corrupt = || SpoolError::Corrupt {
@@ -320,7 +326,7 @@ impl Spool {
             let _ = fs::remove_file(&tmp);
             let mut file = TmpFile::create(tmp)?;
             let (content, envelope) = (fs::read(&eml)?, fs::read(&json)?);
-            write_all(&file.file, &[&content, &envelope, &footer(envelope.len())])?;
+            file.file.write_all(&message_file(&content, &envelope))?;
             file.file.sync_all()?;
             fs::rename(&file.path, eml.with_extension("msg"))?;
             file.keep = true;

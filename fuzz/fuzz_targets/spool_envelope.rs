@@ -8,13 +8,13 @@
 //! succeeds exactly when the envelope parses, names its file's id and states
 //! the body's true size.
 //!
-//! Input: the envelope file's bytes.
+//! Input: the envelope's bytes, stored in a `.msg` file after a body.
 
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
 use smarthost::queue::listing;
-use smarthost::spool::{FORMAT_VERSION, Spool, SpoolError, parse_envelope};
+use smarthost::spool::{FORMAT_VERSION, Spool, SpoolError, message_file, parse_envelope};
 
 /// A spool in a directory made once per process, under `TMPDIR` (which
 /// scripts/fuzz.sh points at a tmpfs and removes afterwards).
@@ -72,8 +72,11 @@ fuzz_target!(|data: &[u8]| {
     };
     let spool = spool();
     let body_len = parsed.as_ref().map_or(0, |e| e.size.min(1024) as usize);
-    std::fs::write(spool.message_path(&file_id), vec![b'x'; body_len]).unwrap();
-    std::fs::write(spool.envelope_path(&file_id), data).unwrap();
+    std::fs::write(
+        spool.message_path(&file_id),
+        message_file(&vec![b'x'; body_len], data),
+    )
+    .unwrap();
     let read = spool.read(&file_id);
     let expected_ok = file_id == id && parsed.as_ref().is_ok_and(|e| e.size <= 1024);
     assert_eq!(read.is_ok(), expected_ok, "Spool::read: {:?}", read.err());
