@@ -195,14 +195,15 @@ impl Delivery {
             Ok(accepted) => (Some(accepted.upstream), accepted.dsn),
             Err(_) => (None, false),
         };
-        let verdicts: Vec<Verdict> = (0..due.len())
-            .map(|k| {
-                let reply = match &outcome {
-                    Ok(accepted) => accepted.replies[k].clone(),
-                    Err(e) => e.reply(),
-                };
-                verdict::classify(reply, expired, self.queue.max_lifetime)
-            })
+        // Each recipient's reply: the upstream's own, or the one the whole
+        // attempt failed with.
+        let replies = match &outcome {
+            Ok(accepted) => accepted.replies.clone(),
+            Err(e) => vec![e.reply(); due.len()],
+        };
+        let verdicts: Vec<Verdict> = replies
+            .into_iter()
+            .map(|reply| verdict::classify(reply, expired, self.queue.max_lifetime))
             .collect();
 
         let upstream_name = upstream.map(|u| self.upstreams[u].name.as_str());
