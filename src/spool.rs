@@ -404,6 +404,7 @@ impl Spool {
         self.incoming(&envelope.id, Vec::new())
             .commit(message, envelope)
             .await
+            .map(drop)
     }
 
     /// Starts writing message `id`, whose file begins with `header`; nothing
@@ -689,8 +690,14 @@ impl Incoming {
 
     /// Writes `tail` (the rest of the message) and makes the message and
     /// `envelope` durable, as the module docs say. When this returns `Ok`,
-    /// the 250 may be sent; on `Err` nothing of the message is left.
-    pub async fn commit(mut self, tail: Vec<u8>, envelope: &Envelope) -> Result<(), SpoolError> {
+    /// the 250 may be sent; on `Err` nothing of the message is left. `Ok`
+    /// carries the whole message when it was never written in pieces (it
+    /// was all in memory), so delivery need not read it back.
+    pub async fn commit(
+        mut self,
+        tail: Vec<u8>,
+        envelope: &Envelope,
+    ) -> Result<Option<Vec<u8>>, SpoolError> {
         if let Some(e) = self.failed.take() {
             return Err(e);
         }
@@ -774,7 +781,8 @@ impl SpoolInner {
         header: &[u8],
         tail: &[u8],
         json: &[u8],
-    ) -> Result<(), SpoolError> {
+    ) -> Result<Option<Vec<u8>>, SpoolError> {
+        let in_memory = file.is_none();
         let target = self.msg_dir.join(format!("{id}.msg"));
         let result = (|| {
             let mut file = match file {
@@ -793,7 +801,7 @@ impl SpoolInner {
             let _ = fs::remove_file(target);
             return Err(e.into());
         }
-        Ok(())
+        Ok(in_memory.then(|| [header, tail].concat()))
     }
 }
 

@@ -14,7 +14,7 @@ use tracing::{error, info, warn};
 use crate::config::{Config, QueueConfig};
 use crate::outbound::{ClientOptions, Connection, Upstream, UpstreamError, UpstreamReply};
 use crate::policy::domain_of;
-use crate::queue::arrivals::QueueHandle;
+use crate::queue::arrivals::{Hot, QueueHandle};
 use crate::queue::dsn::{self, Action, RecipientReport};
 use crate::queue::pool::{Health, Routes};
 use crate::queue::verdict::{self, AttemptError, Verdict};
@@ -145,8 +145,14 @@ impl Delivery {
     /// One delivery attempt for the due recipients of message `id`: route →
     /// attempt → classify → notify → save. Returns when it next needs an
     /// attempt (`None`: finished or unreadable).
-    pub async fn deliver(&self, id: &str) -> Option<u64> {
-        let (mut env, message) = match self.spool.read_async(id).await {
+    /// `hot`: the message as just accepted, when the session still had it
+    /// (its first attempt then reads nothing back from the spool).
+    pub async fn deliver(&self, id: &str, hot: Option<Hot>) -> Option<u64> {
+        let loaded = match hot {
+            Some(h) => Ok((h.envelope, h.content)),
+            None => self.spool.read_async(id).await,
+        };
+        let (mut env, message) = match loaded {
             Ok(x) => x,
             Err(spool::SpoolError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
                 info!(
@@ -540,7 +546,7 @@ impl Delivery {
                     size = bounce.size,
                     "delivery notice queued"
                 );
-                self.handle.submit(id.clone());
+                self.handle.submit(id.clone(), None);
                 Ok(Some(id))
             }
             Err(e) => {

@@ -3,7 +3,7 @@
 //! concurrency, reschedules them with the time each returns, and answers
 //! `queue flush` and `queue delete`.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tracing::{error, info};
 
-use crate::queue::arrivals::Arrivals;
+use crate::queue::arrivals::{Arrivals, Hot};
 use crate::queue::delivery::{Delivery, next_due};
 use crate::queue::{DELETED_IDS, FLUSH_REQUEST};
 use crate::spool::{self, Spool};
@@ -22,6 +22,9 @@ use crate::tracking;
 const MAX_IN_FLIGHT: usize = 64;
 /// How often the manager looks for a `queue flush` request.
 const FLUSH_POLL: Duration = Duration::from_secs(1);
+/// Content of just-accepted messages kept in memory for their first
+/// delivery, in all; beyond it, delivery reads them back from the spool.
+const HOT_BUDGET: usize = 32 << 20;
 
 /// Runs until `shutdown`: recovers the spool, then delivers. Each delivery
 /// uses the settings `delivery` holds when it starts (reloads replace them).
@@ -32,6 +35,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut schedule = Schedule::default();
+    let mut hot = HotCache::new(HOT_BUDGET);
     match spool.list_async().await {
         Ok(ids) => {
             info!(messages = ids.len(), "queue recovered from the spool");
@@ -64,8 +68,9 @@ pub async fn run(
                     break;
                 };
                 let (settings, done) = (settings.clone(), done_tx.clone());
+                let from_memory = hot.take(&id);
                 tokio::spawn(async move {
-                    let next = settings.deliver(&id).await;
+                    let next = settings.deliver(&id, from_memory).await;
                     let _ = done.send((id, next));
                 });
             }
@@ -79,7 +84,12 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             changed = delivery.changed(), if reloads => reloads = changed.is_ok(),
-            Some(id) = new_messages.recv() => schedule.add(id, 0),
+            Some(arrival) = new_messages.recv() => {
+                if let Some(h) = arrival.hot {
+                    hot.insert(&arrival.id, h);
+                }
+                schedule.add(arrival.id, 0);
+            }
             Some((id, next)) = done_rx.recv() => {
                 schedule.in_flight.remove(&id);
                 if let Some(next) = next {
@@ -96,9 +106,47 @@ pub async fn run(
                 for id in take_deleted(&spool) {
                     info!(event = tracking::DELETED, queue_id = id.as_str(), "deleted by queue delete");
                     schedule.remove(&id);
+                    hot.take(&id);
                 }
             }
         }
+    }
+}
+
+/// Just-accepted messages in memory, by id, within a byte budget; each is
+/// taken by its first delivery (or dropped by `queue delete`).
+struct HotCache {
+    messages: HashMap<String, Hot>,
+    bytes: usize,
+    budget: usize,
+}
+
+impl HotCache {
+    fn new(budget: usize) -> HotCache {
+        HotCache {
+            messages: HashMap::new(),
+            bytes: 0,
+            budget,
+        }
+    }
+
+    /// Keeps `hot` unless that would exceed the budget (then delivery reads
+    /// the spool, as for any other message).
+    fn insert(&mut self, id: &str, hot: Hot) {
+        let size = hot.content.len();
+        if self.bytes + size > self.budget {
+            return;
+        }
+        self.bytes += size;
+        if let Some(old) = self.messages.insert(id.to_owned(), hot) {
+            self.bytes -= old.content.len();
+        }
+    }
+
+    fn take(&mut self, id: &str) -> Option<Hot> {
+        let hot = self.messages.remove(id)?;
+        self.bytes -= hot.content.len();
+        Some(hot)
     }
 }
 
@@ -160,4 +208,47 @@ fn take_deleted(spool: &Spool) -> Vec<String> {
         .filter(|l| !l.is_empty() && l.len() <= 64 && l.bytes().all(|b| b.is_ascii_hexdigit()))
         .map(str::to_owned)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spool::{ClientInfo, Envelope, FORMAT_VERSION, MailParams};
+
+    fn hot(id: &str, size: usize) -> Hot {
+        Hot {
+            envelope: Envelope {
+                version: FORMAT_VERSION,
+                id: id.into(),
+                received_at: 0,
+                client: ClientInfo {
+                    address: "127.0.0.1:1".parse().unwrap(),
+                    helo: "h".into(),
+                    tls: None,
+                    auth: None,
+                },
+                sender: String::new(),
+                params: MailParams::default(),
+                recipients: Vec::new(),
+                size: size as u64,
+                route_domain: None,
+            },
+            content: vec![b'x'; size],
+        }
+    }
+
+    #[test]
+    fn the_hot_cache_keeps_to_its_budget_and_gives_each_message_once() {
+        let mut c = HotCache::new(100);
+        c.insert("a", hot("a", 60));
+        c.insert("b", hot("b", 50)); // over budget: not kept
+        c.insert("c", hot("c", 40));
+        assert_eq!(c.bytes, 100);
+        assert!(c.take("b").is_none());
+        assert_eq!(c.take("a").map(|h| h.content.len()), Some(60));
+        assert!(c.take("a").is_none(), "taken once");
+        assert_eq!(c.bytes, 40);
+        c.insert("b", hot("b", 50));
+        assert_eq!((c.bytes, c.messages.len()), (90, 2));
+    }
 }

@@ -9,6 +9,7 @@ use super::{Flow, Session, State, Transaction};
 use crate::body::{Content, Trace};
 use crate::dot::DotReader;
 use crate::error::SmtpError;
+use crate::queue::arrivals::Hot;
 use crate::reply::Reply;
 use crate::spool::{self, Envelope, Incoming};
 
@@ -269,7 +270,7 @@ impl Session {
         };
         let size = envelope.size;
         match file.commit(tail, &envelope).await {
-            Ok(()) => {
+            Ok(in_memory) => {
                 use crate::tracking::{ACCEPTED, clean};
                 info!(
                     event = ACCEPTED,
@@ -289,7 +290,8 @@ impl Session {
                     .telemetry
                     .accepted(&envelope, end_of_data.elapsed());
                 self.reply(Reply::new(250, "2.0.0", format!("Ok: queued as {id}")));
-                self.ctx.queue.submit(id);
+                let hot = in_memory.map(|content| Hot { envelope, content });
+                self.ctx.queue.submit(id, hot);
                 Flow::Continue
             }
             Err(e) => {
