@@ -85,7 +85,8 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             changed = delivery.changed(), if reloads => reloads = changed.is_ok(),
             Some(arrival) = new_messages.recv() => {
-                if let Some(h) = arrival.hot {
+                // Without upstreams it would wait in memory for a reload.
+                if let Some(h) = arrival.hot.filter(|_| settings.has_upstreams()) {
                     hot.insert(&arrival.id, h);
                 }
                 schedule.add(arrival.id, 0);
