@@ -422,16 +422,22 @@ fn queue(action: QueueAction) -> ExitCode {
             if !spool.contains(&id) {
                 return Err(format!("no queued message {id}"));
             }
+            // A message in the journal is closed by the relay that owns it
+            // (or, if none runs, by the next start): the note is the deletion.
+            let in_journal = spool.in_journal(&id);
             spool.remove(&id).map_err(|e| e.to_string())?;
-            // For the running relay's log (`event=deleted`); the deletion stands without it.
+            // For the running relay's log (`event=deleted`); a file's
+            // deletion stands without it.
             let notes = spool.root().join(smarthost::queue::DELETED_IDS);
             let noted = std::fs::OpenOptions::new()
                 .create(true)
                 .append(true)
                 .open(&notes)
                 .and_then(|mut f| std::io::Write::write_all(&mut f, format!("{id}\n").as_bytes()));
-            if let Err(e) = noted {
-                eprintln!("warning: {}: {e}", notes.display());
+            match noted {
+                Err(e) if in_journal => return Err(format!("{}: {e}", notes.display())),
+                Err(e) => eprintln!("warning: {}: {e}", notes.display()),
+                Ok(()) => {}
             }
             println!("deleted {id} (no bounce sent)");
             Ok(())

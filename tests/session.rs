@@ -569,7 +569,10 @@ async fn spool_failure_is_451_never_250() {
     let ctx = h.context();
     let mut c = h.session(&ctx, "127.0.0.1:4000");
     c.hello().await;
-    std::fs::remove_dir_all(h.spool_dir().join("msg")).unwrap();
+    // Where a message of any size could go.
+    for dir in ["msg", "journal"] {
+        std::fs::remove_dir_all(h.spool_dir().join(dir)).unwrap();
+    }
     let r = send_data(&mut c, FROM, &[TO], b"Subject: x\r\n\r\nbody\r\n").await;
     assert_eq!(r.status(), "451 4.3.0");
     c.cmd("NOOP", "250").await;

@@ -1,6 +1,19 @@
 //! The durability order, seen from the kernel: `smarthost serve` runs under
-//! strace, one message is sent over a cleartext session (so the `250` is
-//! readable in the trace), and the trace must show, for that message:
+//! strace, two messages are sent over a cleartext session (so the `250` is
+//! readable in the trace), and the trace must show, for each.
+//!
+//! A small message goes to the journal (`spool::journal`):
+//!
+//! 1. the segment that holds it was made durable first: its first bytes
+//!    written, an fsync of the file, then an fsync of `journal/` that started
+//!    after those bytes were written;
+//! 2. the message's record is written to the segment (one `writev`, shared
+//!    with whatever other records are in its batch);
+//! 3. an fdatasync (or fsync) of the segment that started after that write
+//!    returned;
+//! 4. and only after both fsyncs returned, the `250 ... queued as <id>`.
+//!
+//! A 1 MB message is written to its own file as it arrives:
 //!
 //! 1. the writes of `tmp/<id>.msg` (content, envelope and footer: one file,
 //!    and no other for that id), then its fsync (starting after the file's
@@ -11,9 +24,6 @@
 //! 4. and only after that fsync returned, the write of `250 ... queued as
 //!    <id>` to the client's socket.
 //!
-//! Two messages: a small one (one write of the message file, at the end,
-//! with our Received header: as many calls as before content was streamed)
-//! and a 1 MB one (written in pieces as it arrives, the order the same).
 //!
 //! strace is installed by `scripts/install-test-deps.sh`; a missing strace is
 //! a failure. Where ptrace is not permitted (some containers), the test says
@@ -212,8 +222,7 @@ async fn fsync_rename_dirsync_then_250() {
         drop(traced);
         let trace = std::fs::read_to_string(&trace_path).unwrap();
         let spool = h.spool_dir().canonicalize().unwrap();
-        let small = check_order(&trace, &ids[0], &spool);
-        assert_eq!(small, 1, "a small message is one write of its file");
+        check_journal_order(&trace, &ids[0], &spool);
         let large = check_order(&trace, &ids[1], &spool);
         assert!(large >= 4, "1 MB written as it arrived: {large} writes");
     })
@@ -315,6 +324,138 @@ fn check_order(trace: &str, id: &str, spool: &Path) -> usize {
         "the 250 was written before the directory fsync returned:\n{shown}"
     );
     message_writes
+}
+
+/// Asserts the journal's order (module docs) for message `id`.
+fn check_journal_order(trace: &str, id: &str, spool: &Path) {
+    let calls = parse_trace(trace);
+    let journal = spool.join("journal");
+    let in_journal = |c: &Call| fd_path(c).is_some_and(|p| Path::new(p).starts_with(&journal));
+    let relevant: Vec<&Call> = calls
+        .iter()
+        .filter(|c| c.text.contains(id) || in_journal(c))
+        .collect();
+    let shown: String = relevant
+        .iter()
+        .map(|c| format!("  [{}..{}] {}\n", c.start, c.end, c.text))
+        .collect();
+    eprintln!("syscalls for {id}:\n{shown}");
+    let record = calls
+        .iter()
+        .find(|c| {
+            matches!(c.name.as_str(), "write" | "writev") && in_journal(c) && c.text.contains(id)
+        })
+        .unwrap_or_else(|| panic!("{id} was never written to a journal segment:\n{shown}"));
+    assert!(ok(record), "{shown}");
+    let segment = fd_path(record).unwrap().to_owned();
+    let on_segment = |c: &Call| fd_path(c) == Some(segment.as_str());
+    let is_sync = |c: &Call| matches!(c.name.as_str(), "fsync" | "fdatasync");
+    let reply = calls
+        .iter()
+        .find(|c| {
+            matches!(c.name.as_str(), "write" | "writev" | "sendto" | "sendmsg")
+                && c.text.contains(&format!("250 2.0.0 Ok: queued as {id}"))
+        })
+        .unwrap_or_else(|| panic!("no 250 for {id} in the trace:\n{shown}"));
+    assert!(
+        fd_path(reply).is_some_and(|p| p.starts_with("TCP")),
+        "the 250 was not written to a TCP socket: {}",
+        reply.text
+    );
+    // (After the 250 it may move to its own file: no upstream here.)
+    let tmp_dir = spool.join("tmp");
+    assert!(
+        !relevant.iter().any(|c| c.start < reply.start
+            && fd_path(c).is_some_and(|p| Path::new(p).starts_with(&tmp_dir))),
+        "a message stored in the journal also went through tmp/:\n{shown}"
+    );
+    let sync = calls
+        .iter()
+        .filter(|c| is_sync(c) && on_segment(c) && ok(c))
+        .find(|c| c.start > record.end)
+        .unwrap_or_else(|| panic!("{segment}: no fsync after the record was written:\n{shown}"));
+    assert!(
+        sync.end < reply.start,
+        "the 250 was written before the segment's fdatasync returned:\n{shown}"
+    );
+    // The segment itself: created (its magic written), fsynced, and its
+    // directory entry fsynced, all before the 250.
+    let created = calls
+        .iter()
+        .find(|c| c.name == "write" && on_segment(c) && c.text.contains("smarthost journal v3"))
+        .unwrap_or_else(|| panic!("{segment}: its first bytes are not in the trace:\n{shown}"));
+    let made = calls
+        .iter()
+        .filter(|c| is_sync(c) && on_segment(c) && ok(c))
+        .find(|c| c.start > created.end)
+        .unwrap_or_else(|| panic!("{segment}: never fsynced after it was created:\n{shown}"));
+    let dir_sync = calls
+        .iter()
+        .filter(|c| is_sync(c) && fd_path(c) == journal.to_str() && ok(c))
+        .find(|c| c.start > created.end)
+        .unwrap_or_else(|| {
+            panic!(
+                "no fsync of {} after the segment was created:\n{shown}",
+                journal.display()
+            )
+        });
+    assert!(
+        made.end < reply.start && dir_sync.end < reply.start,
+        "the 250 was written before the segment was durable:\n{shown}"
+    );
+}
+
+/// A journal commit as the committer thread (102) and a session's writer
+/// (104) would trace it, the segment made at start by the main thread (101).
+const GOOD_JOURNAL: &str = r#"101  10:00:00.000001 write(9</s/journal/0000000000000001.log>, "smarthost journal v3\n", 21) = 21
+101  10:00:00.000002 fsync(9</s/journal/0000000000000001.log>) = 0
+101  10:00:00.000003 fsync(10</s/journal>) = 0
+102  10:00:00.000004 writev(9</s/journal/0000000000000001.log>, [{iov_base="SJM\20\f\0\0\345\27ID{\"version\"", iov_len=50}, {iov_base="Received: from", iov_len=3211}], 2) = 3261
+102  10:00:00.000005 fdatasync(9</s/journal/0000000000000001.log> <unfinished ...>
+103  10:00:00.000006 write(2</s/relay.log>, "log line", 8) = 8
+102  10:00:00.000007 <... fdatasync resumed>) = 0
+104  10:00:00.000008 sendto(11<TCP:[127.0.0.1:25->127.0.0.1:4000]>, "250 2.0.0 Ok: queued as ID\r\n", 29, MSG_NOSIGNAL, NULL, 0) = 29
+"#;
+
+fn check_journal(trace: &str) -> Result<(), String> {
+    let trace = trace.to_owned();
+    std::panic::catch_unwind(move || check_journal_order(&trace, "ID", Path::new("/s"))).map_err(
+        |e| {
+            e.downcast_ref::<String>()
+                .cloned()
+                .unwrap_or_else(|| "panic".into())
+        },
+    )
+}
+
+/// The journal checker accepts the right order and catches each wrong one.
+#[test]
+fn the_journal_order_check_fails_on_wrong_orders() {
+    check_journal(GOOD_JOURNAL).unwrap();
+    let lines: Vec<&str> = GOOD_JOURNAL.lines().collect();
+    let reorder = |from: usize, to: usize| {
+        let mut l = lines.clone();
+        let moved = l.remove(from);
+        l.insert(to, moved);
+        l.join("\n")
+    };
+    // The 250 before the fdatasync returned.
+    let e = check_journal(&reorder(7, 6)).unwrap_err();
+    assert!(e.contains("before the segment's fdatasync returned"), "{e}");
+    // The fdatasync started before the record's write.
+    let e = check_journal(&reorder(3, 6)).unwrap_err();
+    assert!(e.contains("no fsync after the record was written"), "{e}");
+    // The segment's directory never fsynced.
+    let e = check_journal(&GOOD_JOURNAL.replace("fsync(10</s/journal>)", "fstat(10</s/journal>)"))
+        .unwrap_err();
+    assert!(e.contains("no fsync of /s/journal"), "{e}");
+    // The directory fsynced only after the 250.
+    let e = check_journal(&reorder(2, 7)).unwrap_err();
+    assert!(e.contains("before the segment was durable"), "{e}");
+    // The record not in a journal segment.
+    let e = check_journal(&GOOD_JOURNAL.replace("writev(9</s/journal/", "writev(9</s/other/"))
+        .unwrap_err();
+    assert!(e.contains("never written to a journal segment"), "{e}");
 }
 
 /// A trace in strace's format, as two threads would write it: the session's

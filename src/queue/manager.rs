@@ -36,6 +36,15 @@ pub async fn run(
 ) {
     let mut schedule = Schedule::default();
     let mut hot = HotCache::new(HOT_BUDGET);
+    // Notes left while no relay ran: `Spool::open` already dropped those
+    // still in the journal; the rest were removed by `queue delete` itself.
+    for id in take_deleted(&spool) {
+        info!(
+            event = tracking::DELETED,
+            queue_id = id.as_str(),
+            "deleted by queue delete"
+        );
+    }
     match spool.list_async().await {
         Ok(ids) => {
             info!(messages = ids.len(), "queue recovered from the spool");
@@ -85,9 +94,19 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             changed = delivery.changed(), if reloads => reloads = changed.is_ok(),
             Some(arrival) = new_messages.recv() => {
-                // Without upstreams it would wait in memory for a reload.
-                if let Some(h) = arrival.hot.filter(|_| settings.has_upstreams()) {
-                    hot.insert(&arrival.id, h);
+                if settings.has_upstreams() {
+                    if let Some(h) = arrival.hot {
+                        hot.insert(&arrival.id, h);
+                    }
+                } else {
+                    // It waits for a reload: in its own file, not in memory,
+                    // and not keeping a journal segment alive meanwhile.
+                    let (spool, id) = (spool.clone(), arrival.id.clone());
+                    tokio::spawn(async move {
+                        if let Err(e) = spool.move_to_file(&id).await {
+                            error!(queue_id = %id, "cannot move a waiting message out of the journal: {e}");
+                        }
+                    });
                 }
                 schedule.add(arrival.id, 0);
             }
@@ -108,6 +127,8 @@ pub async fn run(
                     info!(event = tracking::DELETED, queue_id = id.as_str(), "deleted by queue delete");
                     schedule.remove(&id);
                     hot.take(&id);
+                    // Still in the journal, where only this process can close it.
+                    spool.forget(&id);
                 }
             }
         }

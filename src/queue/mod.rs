@@ -15,7 +15,4 @@ pub mod verdict;
 /// relay's queue manager polls for it, retries everything, and removes it.
 pub const FLUSH_REQUEST: &str = "flush-requested";
 
-/// The file `smarthost queue delete` appends each removed queue id to, one a
-/// line; the running relay's queue manager logs each (`event=deleted`),
-/// drops it from its schedule, and removes the file.
-pub const DELETED_IDS: &str = "deleted-ids";
+pub use crate::spool::DELETED_IDS;

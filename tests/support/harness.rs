@@ -178,11 +178,22 @@ impl Harness {
             .collect()
     }
 
-    /// Files in the spool's msg/ directory (anything, complete or not).
+    /// Files in the spool's msg/ directory (anything, complete or not),
+    /// plus the messages its journal holds that have no file there: zero
+    /// means nothing is queued, and nothing is left half-written.
     pub fn spool_files(&self) -> usize {
-        std::fs::read_dir(self.spool_dir().join("msg"))
-            .map(|d| d.count())
-            .unwrap_or(0)
+        let msg = self.spool_dir().join("msg");
+        let files = std::fs::read_dir(&msg).map(|d| d.count()).unwrap_or(0);
+        let Ok(spool) = Spool::inspect(&self.spool_dir()) else {
+            return files;
+        };
+        let journal = spool
+            .list()
+            .unwrap_or_default()
+            .iter()
+            .filter(|id| spool.in_journal(id) && !msg.join(format!("{id}.msg")).exists())
+            .count();
+        files + journal
     }
 }
 

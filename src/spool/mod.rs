@@ -1,9 +1,11 @@
 //! The durable spool: where an accepted message lives until it is delivered.
 //!
-//! # On-disk format (layout version 2)
+//! # On-disk format (layout version 3: the files of layout 2, and a journal)
 //!
 //! ```text
 //! <queue.path>/
+//!   journal/<segment>.log         messages in their first delivery attempt,
+//!                                 appended and group-committed (`journal`)
 //!   tmp/<id>.msg, tmp/<id>.json   being written; anything here at start is debris
 //!   msg/<id>.msg                  one file per message: the message exactly as it
 //!                                 will be relayed (our Received header, then the
@@ -16,7 +18,13 @@
 //!                                 overrides the copy in `<id>.msg`
 //! ```
 //!
-//! A message is queued if and only if `msg/<id>.msg` exists. Storing one: write
+//! A message that arrived whole in memory (the usual case, below 128 KiB) is
+//! stored in the journal: see `journal` for its format and why its one
+//! `fdatasync` per batch keeps the same promise. It moves to `msg/` when its
+//! first attempt defers it, and whatever the journal holds at start moves
+//! there too. The rest of this section is about `msg/`.
+//!
+//! A message is in `msg/` if and only if `msg/<id>.msg` exists. Storing one: write
 //! content, envelope and footer to `tmp/<id>.msg`, fsync it, rename it into
 //! `msg/`, fsync `msg/`, and only then answer `250`: one file fsync and one
 //! rename per message (layout 1 had two of each: content and envelope apart).
@@ -41,6 +49,7 @@
 //! `.json` stays, as the delivery state it already is), fsynced and renamed in
 //! before the `.eml` is removed, so a crash mid-way migrates again.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
@@ -52,6 +61,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+mod journal;
+
+use journal::Journal;
+
+/// The file `smarthost queue delete` appends each removed queue id to, one a
+/// line; the running relay's queue manager logs each (`event=deleted`),
+/// drops it from its schedule and the journal, and removes the file. A
+/// message still in the journal when no relay runs is dropped by the next
+/// start's recovery.
+pub const DELETED_IDS: &str = "deleted-ids";
 
 /// Why a message could not be stored; the session answers 451 or 452 (never 250).
 #[derive(Debug, thiserror::Error)]
@@ -84,15 +104,17 @@ impl SpoolError {
     /// Out of disk space or quota: `452 4.3.1` rather than `451 4.3.0`.
     pub fn is_out_of_space(&self) -> bool {
         match self {
-            SpoolError::Io(e) => {
-                matches!(
-                    e.kind(),
-                    io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
-                ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
-            }
+            SpoolError::Io(e) => is_out_of_space(e),
             _ => false,
         }
     }
+}
+
+fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 /// The envelope of one message, as stored in `msg/<id>.json`.
@@ -270,6 +292,7 @@ struct SpoolInner {
     msg_dir: PathBuf,
     tmp_dir: PathBuf,
     dir_sync: DirSync,
+    journal: Journal,
 }
 
 impl Spool {
@@ -278,13 +301,22 @@ impl Spool {
     pub fn open(root: &Path) -> io::Result<Spool> {
         let msg_dir = root.join("msg");
         let tmp_dir = root.join("tmp");
-        fs::create_dir_all(&msg_dir)?;
-        fs::create_dir_all(&tmp_dir)?;
+        let journal_dir = root.join("journal");
+        for dir in [&msg_dir, &tmp_dir, &journal_dir] {
+            fs::create_dir_all(dir)?;
+        }
         for entry in fs::read_dir(&tmp_dir)? {
             fs::remove_file(entry?.path())?;
         }
-        let spool = Spool::at(root);
-        spool.migrate_layout_1()?;
+        migrate_layout_1(&msg_dir, &tmp_dir)?;
+        let (segment, recovered) = recover_journal(root, &msg_dir, &tmp_dir)?;
+        if recovered > 0 {
+            tracing::info!(
+                messages = recovered,
+                "messages moved from the journal to their own files"
+            );
+        }
+        let spool = Spool::at(root, Journal::start(&journal_dir, segment)?);
         // A `.json` without its `.msg` was never acknowledged, or its
         // message was removed by a crash half-way.
         for entry in fs::read_dir(&msg_dir)? {
@@ -299,53 +331,7 @@ impl Spool {
         Ok(spool)
     }
 
-    /// Layout 1 kept content (`.eml`) and envelope (`.json`) apart: each pair
-    /// becomes a `.msg` (content + envelope + footer), made durable before
-    /// the `.eml` goes; the `.json` stays as its delivery state. A lone
-    /// `.eml` was never acknowledged and is removed.
-    fn migrate_layout_1(&self) -> io::Result<()> {
-        let msg_dir = &self.inner.msg_dir;
-        let mut migrated = Vec::new();
-        for entry in fs::read_dir(msg_dir)? {
-            let eml = entry?.path();
-            if eml.extension().is_none_or(|e| e != "eml") {
-                continue;
-            }
-            let json = eml.with_extension("json");
-            if !json.exists() {
-                tracing::warn!(file = %eml.display(), "removing unacknowledged spool file left by a crash");
-                fs::remove_file(&eml)?;
-                continue;
-            }
-            let id = eml
-                .file_stem()
-                .and_then(|s| s.to_str())
-                .unwrap_or_default()
-                .to_owned();
-            let tmp = self.inner.tmp_path(&id, "msg");
-            let _ = fs::remove_file(&tmp);
-            let mut file = TmpFile::create(tmp)?;
-            let (content, envelope) = (fs::read(&eml)?, fs::read(&json)?);
-            file.file.write_all(&message_file(&content, &envelope))?;
-            file.file.sync_all()?;
-            fs::rename(&file.path, eml.with_extension("msg"))?;
-            file.keep = true;
-            migrated.push(eml);
-        }
-        if !migrated.is_empty() {
-            File::open(msg_dir)?.sync_all()?;
-            for eml in &migrated {
-                fs::remove_file(eml)?;
-            }
-            tracing::info!(
-                messages = migrated.len(),
-                "spool migrated from layout 1 to layout 2"
-            );
-        }
-        Ok(())
-    }
-
-    fn at(root: &Path) -> Spool {
+    fn at(root: &Path, journal: Journal) -> Spool {
         let msg_dir = root.join("msg");
         Spool {
             inner: Arc::new(SpoolInner {
@@ -356,6 +342,7 @@ impl Spool {
                 },
                 msg_dir,
                 tmp_dir: root.join("tmp"),
+                journal,
             }),
         }
     }
@@ -380,7 +367,7 @@ impl Spool {
                 root.display()
             )));
         }
-        Ok(Spool::at(root))
+        Ok(Spool::at(root, Journal::snapshot(&root.join("journal"))?))
     }
 
     /// The file that holds message `id` (content, envelope, footer).
@@ -395,7 +382,14 @@ impl Spool {
 
     /// Whether message `id` is queued.
     pub fn contains(&self, id: &str) -> bool {
-        self.message_path(id).exists()
+        self.inner.journal.contains(id) || self.message_path(id).exists()
+    }
+
+    /// Whether message `id` is in the journal (in its first attempt, or
+    /// left there by a crash): another process cannot remove it, only note
+    /// it for the relay (`DELETED_IDS`).
+    pub fn in_journal(&self, id: &str) -> bool {
+        self.inner.journal.contains(id)
     }
 
     /// Makes `message` and `envelope` durable. When this returns `Ok`, both
@@ -424,11 +418,16 @@ impl Spool {
     /// file, fsync, rename over the old one, directory fsync. Refuses when the
     /// message is gone (deleted by `queue delete`), so a late update cannot
     /// bring back half a message.
+    /// A message still in the journal moves to its own file instead, with
+    /// the new state in it.
     pub async fn update(&self, envelope: &Envelope) -> Result<(), SpoolError> {
         let json = serde_json::to_vec_pretty(envelope).map_err(io::Error::other)?;
         let inner = self.inner.clone();
         let id = envelope.id.clone();
         tokio::task::spawn_blocking(move || {
+            if let Some(read) = inner.journal.read(&id) {
+                return inner.move_out_of_journal(&id, read?.1, &json);
+            }
             let tmp = inner.tmp_dir.join(format!("{id}.json.update"));
             let target = inner.msg_dir.join(format!("{id}.json"));
             if !inner.msg_dir.join(format!("{id}.msg")).exists() {
@@ -450,9 +449,15 @@ impl Spool {
         .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    /// Removes a message: the `.msg` first (it is what makes it queued),
-    /// then its state. A crash in between leaves a lone state, swept at start.
+    /// Removes a message: from the journal (a done mark), or the `.msg`
+    /// first (it is what makes it queued), then its state. A crash in
+    /// between leaves a lone state, swept at start.
     pub fn remove(&self, id: &str) -> io::Result<()> {
+        // (A snapshot may be stale: the relay may have moved the message
+        // to its own file since; that goes too.)
+        if self.inner.journal.finish(id) && self.inner.journal.appends() {
+            return Ok(());
+        }
         for path in [self.message_path(id), self.state_path(id)] {
             match fs::remove_file(path) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
@@ -460,6 +465,27 @@ impl Spool {
             }
         }
         Ok(())
+    }
+
+    /// Moves message `id` out of the journal into its own file, as it is
+    /// (a message that will wait: it should not keep a segment alive).
+    pub async fn move_to_file(&self, id: &str) -> Result<(), SpoolError> {
+        let id = id.to_owned();
+        self.blocking(move |s| match s.inner.journal.read(&id) {
+            Some(read) => {
+                let (json, content) = read?;
+                s.inner.move_out_of_journal(&id, content, &json)
+            }
+            None => Ok(()),
+        })
+        .await
+    }
+
+    /// Closes message `id` in the journal if it is there (`queue delete`
+    /// from another process, which could only note it); its file, if any,
+    /// that process removed already.
+    pub fn forget(&self, id: &str) {
+        self.inner.journal.finish(id);
     }
 
     /// The spool's root directory (where `queue flush` leaves its request).
@@ -475,13 +501,20 @@ impl Spool {
                 name.strip_suffix(".msg").map(str::to_owned)
             })
             .collect();
+        ids.extend(self.inner.journal.ids());
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 
     /// Reads one queued message's envelope (its delivery state) without its
     /// content, checking that the file is whole.
     pub fn read_envelope(&self, id: &str) -> Result<Envelope, SpoolError> {
+        match self.inner.journal.read_json(id) {
+            Some(Ok(json)) => return parse_envelope(id, &json),
+            Some(Err(e)) if !self.moved_on(&e) => return Err(e.into()),
+            _ => {}
+        }
         let file = File::open(self.message_path(id))?;
         let at = footer_start(id, file.metadata()?.len())?;
         let mut tail = [0u8; FOOTER_LEN];
@@ -499,6 +532,15 @@ impl Spool {
     /// Reads one queued message back: its envelope (the recorded state, if
     /// any) and its content, checking that they belong together.
     pub fn read(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
+        match self.inner.journal.read(id) {
+            Some(Ok((json, content))) => {
+                let envelope = parse_envelope(id, &json)?;
+                check_size(&envelope, content.len() as u64)?;
+                return Ok((envelope, content));
+            }
+            Some(Err(e)) if !self.moved_on(&e) => return Err(e.into()),
+            _ => {}
+        }
         let mut bytes = fs::read(self.message_path(id))?;
         let at = footer_start(id, bytes.len() as u64)? as usize;
         let content_len = content_len(id, at as u64, &bytes[at..])? as usize;
@@ -506,6 +548,13 @@ impl Spool {
         check_size(&envelope, content_len as u64)?;
         bytes.truncate(content_len);
         Ok((envelope, bytes))
+    }
+
+    /// Whether a snapshot's journal entry is gone because the relay moved
+    /// on since (the message moved to its own file, or was done): then the
+    /// file, if any, is what to read.
+    fn moved_on(&self, e: &io::Error) -> bool {
+        !self.inner.journal.appends() && e.kind() == io::ErrorKind::NotFound
     }
 
     /// The state delivery recorded for `id`, else the envelope as accepted.
@@ -520,6 +569,90 @@ impl Spool {
         };
         parse_envelope(id, &json)
     }
+}
+
+/// Layout 1 kept content (`.eml`) and envelope (`.json`) apart: each pair
+/// becomes a `.msg` (content + envelope + footer), made durable before
+/// the `.eml` goes; the `.json` stays as its delivery state. A lone
+/// `.eml` was never acknowledged and is removed.
+fn migrate_layout_1(msg_dir: &Path, tmp_dir: &Path) -> io::Result<()> {
+    let mut migrated = Vec::new();
+    for entry in fs::read_dir(msg_dir)? {
+        let eml = entry?.path();
+        if eml.extension().is_none_or(|e| e != "eml") {
+            continue;
+        }
+        let json = eml.with_extension("json");
+        if !json.exists() {
+            tracing::warn!(file = %eml.display(), "removing unacknowledged spool file left by a crash");
+            fs::remove_file(&eml)?;
+            continue;
+        }
+        let id = eml
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_owned();
+        let (content, envelope) = (fs::read(&eml)?, fs::read(&json)?);
+        place(
+            &tmp_dir.join(format!("{id}.msg")),
+            &eml.with_extension("msg"),
+            &[&content, &envelope, &footer(envelope.len())],
+        )?;
+        migrated.push(eml);
+    }
+    if !migrated.is_empty() {
+        File::open(msg_dir)?.sync_all()?;
+        for eml in &migrated {
+            fs::remove_file(eml)?;
+        }
+        tracing::info!(
+            messages = migrated.len(),
+            "spool migrated from layout 1 to layout 2"
+        );
+    }
+    Ok(())
+}
+
+/// Moves the messages the journal still holds into `msg/` (unless one is
+/// there already: moved before a crash, and maybe given a state since) and
+/// empties the journal. Ids `queue delete` noted are dropped.
+fn recover_journal(root: &Path, msg_dir: &Path, tmp_dir: &Path) -> io::Result<(u64, usize)> {
+    let deleted: HashSet<String> = fs::read_to_string(root.join(DELETED_IDS))
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    let keep = |id: &str, json: &[u8], content: &[u8]| {
+        if id.is_empty() || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            tracing::warn!(queue_id = %id.escape_debug(), "journal record with a malformed queue id left out");
+            return Ok(());
+        }
+        let target = msg_dir.join(format!("{id}.msg"));
+        if target.exists() {
+            return Ok(());
+        }
+        place(
+            &tmp_dir.join(format!("{id}.msg")),
+            &target,
+            &[content, json, &footer(json.len())],
+        )
+    };
+    journal::recover(&root.join("journal"), &deleted, keep, || {
+        File::open(msg_dir)?.sync_all()
+    })
+}
+
+/// Writes `parts` to a new file at `tmp`, fsyncs it and renames it to
+/// `target` (the caller fsyncs the directory).
+fn place(tmp: &Path, target: &Path, parts: &[&[u8]]) -> io::Result<()> {
+    let _ = fs::remove_file(tmp);
+    let mut file = TmpFile::create(tmp.to_owned())?;
+    write_all(&file.file, parts)?;
+    file.file.sync_all()?;
+    fs::rename(&file.path, target)?;
+    file.keep = true;
+    Ok(())
 }
 
 /// Where the footer of a `.msg` file of `len` bytes starts.
@@ -716,6 +849,19 @@ impl Incoming {
         let id = self.id.clone();
         let header = std::mem::take(&mut self.header);
         let file = self.file.take();
+        // All of it in memory: into the journal, one fdatasync shared
+        // with whoever else commits now.
+        if file.is_none()
+            && inner.journal.appends()
+            && header.len() + tail.len() <= journal::MAX_MESSAGE
+        {
+            let content = if header.is_empty() {
+                tail
+            } else {
+                [header, tail].concat()
+            };
+            return inner.journal.append(&id, &json, content).await.map(Some);
+        }
         tokio::task::spawn_blocking(move || inner.commit_blocking(&id, file, &header, &tail, &json))
             .await
             .map_err(|e| SpoolError::Task(e.to_string()))?
@@ -772,6 +918,29 @@ impl SpoolInner {
         self.tmp_dir.join(format!("{id}.{ext}"))
     }
 
+    /// Gives a message in the journal its own file, with `json` as its
+    /// envelope, durable before the journal lets go of it. If `queue delete`
+    /// took it meanwhile, the file goes again and the answer is `NotFound`.
+    fn move_out_of_journal(
+        &self,
+        id: &str,
+        content: Vec<u8>,
+        json: &[u8],
+    ) -> Result<(), SpoolError> {
+        let target = self.msg_dir.join(format!("{id}.msg"));
+        place(
+            &self.tmp_path(id, "msg"),
+            &target,
+            &[&content, json, &footer(json.len())],
+        )?;
+        self.dir_sync.sync_after_rename()?;
+        if self.journal.finish(id) {
+            return Ok(());
+        }
+        let _ = fs::remove_file(&target);
+        Err(SpoolError::Io(io::ErrorKind::NotFound.into()))
+    }
+
     /// The end of a store: the last bytes of the message, the envelope and
     /// the footer, one fsync, the rename and the directory fsync.
     fn commit_blocking(
@@ -814,22 +983,25 @@ fn write_all(mut file: &File, parts: &[&[u8]]) -> io::Result<()> {
         .filter(|p| !p.is_empty())
         .map(|p| IoSlice::new(p))
         .collect();
-    let mut slices = &mut slices[..];
-    match slices {
+    match &slices[..] {
         [] => Ok(()),
         [one] => file.write_all(one),
-        _ => {
-            while !slices.is_empty() {
-                match file.write_vectored(slices) {
-                    Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                    Ok(n) => IoSlice::advance_slices(&mut slices, n),
-                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                    Err(e) => return Err(e),
-                }
-            }
-            Ok(())
+        _ => write_all_vectored(file, &mut slices),
+    }
+}
+
+/// Writes every byte of `slices` with as few `writev` calls as it takes.
+fn write_all_vectored(mut file: &File, slices: &mut [IoSlice<'_>]) -> io::Result<()> {
+    let mut slices = slices;
+    while !slices.is_empty() {
+        match file.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
         }
     }
+    Ok(())
 }
 
 fn write_synced(path: &Path, bytes: &[u8]) -> io::Result<()> {
@@ -883,7 +1055,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn one_file_per_message_and_the_recorded_state_wins() {
+    async fn journal_first_then_one_file_and_the_recorded_state_wins() {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path()).unwrap();
         let mut env = envelope("S1", 3);
@@ -896,16 +1068,34 @@ mod tests {
             n.sort();
             n
         };
+        // Stored whole from memory: in the journal, queued all the same.
+        assert!(names("msg").is_empty());
+        assert_eq!(names("journal").len(), 1);
+        assert!(spool.contains("S1") && spool.in_journal("S1"));
+        assert_eq!(spool.list().unwrap(), ["S1"]);
+        assert_eq!(spool.read_envelope("S1").unwrap(), env);
+        let other = Spool::inspect(dir.path()).unwrap();
+        assert_eq!(other.read("S1").unwrap(), (env.clone(), b"a\r\n".to_vec()));
+
+        // The first deferral moves it to its own file, state included.
+        env.recipients[0].status = RecipientStatus::Deferred {
+            reply: "451 4.4.1 later".into(),
+            attempts: 1,
+            next_attempt: 9,
+        };
+        spool.update(&env).await.unwrap();
+        assert!(!spool.in_journal("S1"));
         assert_eq!(names("msg"), ["S1.msg"]);
         let file = fs::read(dir.path().join("msg/S1.msg")).unwrap();
         assert!(file.starts_with(b"a\r\n{"), "content, then the envelope");
         assert!(file.ends_with(b"\n") && file[file.len() - FOOTER_LEN..].starts_with(FOOTER_TAG));
         assert_eq!(spool.read_envelope("S1").unwrap(), env);
 
+        // Later states go beside it.
         env.recipients[0].status = RecipientStatus::Deferred {
             reply: "451 4.4.1 later".into(),
-            attempts: 1,
-            next_attempt: 9,
+            attempts: 2,
+            next_attempt: 19,
         };
         spool.update(&env).await.unwrap();
         assert_eq!(names("msg"), ["S1.json", "S1.msg"]);
@@ -956,6 +1146,30 @@ mod tests {
         fs::remove_file(dir.path().join("msg/M1.json")).unwrap();
         assert_eq!(spool.read_envelope("M1").unwrap(), env);
         assert!(Spool::inspect(dir.path()).is_ok());
+    }
+
+    #[tokio::test]
+    async fn open_moves_the_journal_to_files_and_drops_deleted_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path()).unwrap();
+        for id in ["A1", "B2", "C3"] {
+            spool
+                .store(&envelope(id, 3), b"x\r\n".to_vec())
+                .await
+                .unwrap();
+        }
+        spool.remove("C3").unwrap();
+        fs::write(dir.path().join(DELETED_IDS), "B2\n").unwrap();
+        drop(spool);
+        let spool = Spool::open(dir.path()).unwrap();
+        assert_eq!(spool.list().unwrap(), ["A1"]);
+        assert!(!spool.in_journal("A1") && spool.message_path("A1").exists());
+        assert_eq!(
+            spool.read("A1").unwrap(),
+            (envelope("A1", 3), b"x\r\n".to_vec())
+        );
+        let segments = fs::read_dir(dir.path().join("journal")).unwrap().count();
+        assert_eq!(segments, 1, "a fresh, empty segment");
     }
 
     fn tmp_files(dir: &Path) -> usize {
