@@ -419,26 +419,31 @@ const GOOD_JOURNAL: &str = r#"101  10:00:00.000001 write(9</s/journal/0000000000
 
 fn check_journal(trace: &str) -> Result<(), String> {
     let trace = trace.to_owned();
-    std::panic::catch_unwind(move || check_journal_order(&trace, "ID", Path::new("/s"))).map_err(
-        |e| {
-            e.downcast_ref::<String>()
-                .cloned()
-                .unwrap_or_else(|| "panic".into())
-        },
-    )
+    panic_message(move || check_journal_order(&trace, "ID", Path::new("/s")))
+}
+
+/// What `f` panicked with, if it did.
+fn panic_message(f: impl FnOnce() + std::panic::UnwindSafe) -> Result<(), String> {
+    std::panic::catch_unwind(f).map_err(|e| {
+        e.downcast_ref::<String>()
+            .cloned()
+            .unwrap_or_else(|| "panic".into())
+    })
+}
+
+/// `trace` with its line `from` moved to position `to`.
+fn reorder(trace: &str, from: usize, to: usize) -> String {
+    let mut lines: Vec<&str> = trace.lines().collect();
+    let moved = lines.remove(from);
+    lines.insert(to, moved);
+    lines.join("\n")
 }
 
 /// The journal checker accepts the right order and catches each wrong one.
 #[test]
 fn the_journal_order_check_fails_on_wrong_orders() {
     check_journal(GOOD_JOURNAL).unwrap();
-    let lines: Vec<&str> = GOOD_JOURNAL.lines().collect();
-    let reorder = |from: usize, to: usize| {
-        let mut l = lines.clone();
-        let moved = l.remove(from);
-        l.insert(to, moved);
-        l.join("\n")
-    };
+    let reorder = |from, to| reorder(GOOD_JOURNAL, from, to);
     // The 250 before the fdatasync returned.
     let e = check_journal(&reorder(7, 6)).unwrap_err();
     assert!(e.contains("before the segment's fdatasync returned"), "{e}");
@@ -475,13 +480,8 @@ const GOOD: &str = r#"101  10:00:00.000001 writev(12</s/tmp/ID.msg>, [{iov_base=
 
 fn check(trace: &str) -> Result<(), String> {
     let trace = trace.to_owned();
-    std::panic::catch_unwind(move || {
+    panic_message(move || {
         check_order(&trace, "ID", Path::new("/s"));
-    })
-    .map_err(|e| {
-        e.downcast_ref::<String>()
-            .cloned()
-            .unwrap_or_else(|| "panic".into())
     })
 }
 
@@ -490,12 +490,7 @@ fn check(trace: &str) -> Result<(), String> {
 fn the_order_check_fails_on_wrong_orders() {
     check(GOOD).unwrap();
     let lines: Vec<&str> = GOOD.lines().collect();
-    let reorder = |from: usize, to: usize| {
-        let mut l = lines.clone();
-        let moved = l.remove(from);
-        l.insert(to, moved);
-        l.join("\n")
-    };
+    let reorder = |from, to| reorder(GOOD, from, to);
     // The 250 before the directory fsync returned.
     let e = check(&reorder(8, 7)).unwrap_err();
     assert!(e.contains("before the directory fsync returned"), "{e}");
