@@ -95,6 +95,9 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
 
     Ok(match (request.into_owned(), path) {
         (Request::Mail { mut from }, Some((_, path))) => {
+            if from.env_id.as_deref().is_some_and(|v| !dsn_text(v)) {
+                return Err(SmtpError::InvalidParameter("ENVID"));
+            }
             from.address = match &path {
                 Path::Null => String::new(),
                 Path::Mailbox(m) => m.to_string(),
@@ -104,6 +107,9 @@ pub fn parse(line: &[u8]) -> Result<Parsed, SmtpError> {
             Parsed::Mail(from, path)
         }
         (Request::Rcpt { mut to }, Some((_, path))) => {
+            if to.orcpt.as_deref().is_some_and(|v| !dsn_text(v)) {
+                return Err(SmtpError::InvalidParameter("ORCPT"));
+            }
             to.address = match &path {
                 Path::Mailbox(m) => m.to_string(),
                 Path::Postmaster => "postmaster".to_owned(),
@@ -200,6 +206,14 @@ fn check_bdat_size(line: &[u8]) -> Result<(), SmtpError> {
     Ok(())
 }
 
+/// RFC 3461 §4.4: an ENVID is printable US-ASCII; §4.2: an `rfc822` ORCPT
+/// (the only type smtp-proto reads) is a US-ASCII address. Their xtext may
+/// encode any octet, and smtp-proto decodes each to the char of that value
+/// (`+AC` is U+00AC), which no upstream would read back the same: refused.
+fn dsn_text(value: &str) -> bool {
+    value.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -292,6 +306,29 @@ mod tests {
                 }
             }
         );
+    }
+
+    #[test]
+    fn envid_and_orcpt_must_decode_to_printable_ascii() {
+        // `+ac`: smtp-proto makes it U+00AC, which xtext cannot carry back.
+        for (line, param) in [
+            ("MAIL FROM:<a@b.test> RET=HDRS ENVID=bB2+acd\r\n", "ENVID"),
+            ("MAIL FROM:<a@b.test> ENVID=x+0Dy\r\n", "ENVID"),
+            (
+                "RCPT TO:<a@b.test> ORCPT=rfc822;x+C3+A9@b.test\r\n",
+                "ORCPT",
+            ),
+        ] {
+            assert!(
+                matches!(req(line), Err(SmtpError::InvalidParameter(p)) if p == param),
+                "{line:?}"
+            );
+        }
+        let Request::Mail { from } = req("MAIL FROM:<a@b.test> ENVID=QQ+2Bx+3D1\r\n").unwrap()
+        else {
+            panic!("not a MAIL");
+        };
+        assert_eq!(from.env_id.as_deref(), Some("QQ+x=1"));
     }
 
     #[test]

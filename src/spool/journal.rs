@@ -45,12 +45,12 @@
 //! Written by hand: no crate offers a group-committed append log with this
 //! durability contract; the record format is ten lines of framing.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::oneshot;
 
@@ -85,19 +85,35 @@ pub(super) struct Slot {
 pub(super) struct Journal {
     dir: PathBuf,
     state: Arc<Mutex<State>>,
-    /// The committer's queue; `None` for a snapshot.
-    commits: Option<mpsc::Sender<Request>>,
-    committer: Option<std::thread::JoinHandle<()>>,
+    /// Where appends and done marks go; `None` for a snapshot.
+    writer: Option<Arc<Writer>>,
 }
 
 impl Drop for Journal {
-    /// Lets the committer write what it was given (done marks), then stop.
+    /// Writes what is still queued (done marks) before the spool goes.
     fn drop(&mut self) {
-        self.commits = None;
-        if let Some(thread) = self.committer.take() {
-            let _ = thread.join();
+        if let Some(writer) = &self.writer {
+            writer.drain(true);
         }
     }
+}
+
+/// The queue of requests and the committer that writes them. The
+/// committer runs on tokio's blocking pool, started by the request that
+/// finds it idle and running until the queue is empty: under load it takes
+/// everything queued while it was busy as one batch. A task on the blocking
+/// pool, rather than a thread of its own, so that the runtime knows a commit
+/// is under way (a paused test clock does not jump ahead of it).
+struct Writer {
+    queue: Mutex<Queue>,
+    committer: Mutex<Committer>,
+}
+
+#[derive(Default)]
+struct Queue {
+    requests: VecDeque<Request>,
+    /// A committer is started or running: it will see what is queued.
+    draining: bool,
 }
 
 struct State {
@@ -316,7 +332,7 @@ pub(super) fn recover(
 
 impl Journal {
     /// The running relay's journal, empty (after `recover`), whose first
-    /// segment is `segment`: starts its committer thread.
+    /// segment is `segment`; its committer starts with the first request.
     pub(super) fn start(dir: &Path, segment: u64) -> io::Result<Journal> {
         // On a full or read-only disk the relay still starts; the first
         // message tries again (and gets a 4xx while it cannot).
@@ -333,7 +349,6 @@ impl Journal {
             live: BTreeMap::from([(active, 0)]),
             active,
         }));
-        let (tx, rx) = mpsc::channel();
         let committer = Committer {
             dir: dir.to_owned(),
             state: state.clone(),
@@ -341,14 +356,13 @@ impl Journal {
             len: SEGMENT_MAGIC.len() as u64,
             broken,
         };
-        let thread = std::thread::Builder::new()
-            .name("spool-journal".into())
-            .spawn(move || committer.run(rx))?;
         Ok(Journal {
             dir: dir.to_owned(),
             state,
-            commits: Some(tx),
-            committer: Some(thread),
+            writer: Some(Arc::new(Writer {
+                queue: Mutex::default(),
+                committer: Mutex::new(committer),
+            })),
         })
     }
 
@@ -366,18 +380,17 @@ impl Journal {
                 live: BTreeMap::new(),
                 active: 0,
             })),
-            commits: None,
-            committer: None,
+            writer: None,
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn lock(&self) -> MutexGuard<'_, State> {
+        lock(&self.state)
     }
 
     /// Whether this journal can take messages (it is not a snapshot).
     pub(super) fn appends(&self) -> bool {
-        self.commits.is_some()
+        self.writer.is_some()
     }
 
     pub(super) fn contains(&self, id: &str) -> bool {
@@ -414,8 +427,8 @@ impl Journal {
         json: &[u8],
         content: Vec<u8>,
     ) -> Result<Vec<u8>, SpoolError> {
-        let commits = self
-            .commits
+        let writer = self
+            .writer
             .as_ref()
             .ok_or_else(|| SpoolError::Task("the journal is open for reading only".into()))?;
         let (reply, done) = oneshot::channel();
@@ -426,9 +439,7 @@ impl Journal {
             content,
             reply,
         };
-        commits
-            .send(request)
-            .map_err(|_| SpoolError::Task("the journal committer has stopped".into()))?;
+        writer.submit(request);
         let written = done
             .await
             .map_err(|_| SpoolError::Task("the journal committer has stopped".into()))?;
@@ -442,8 +453,8 @@ impl Journal {
         let Some(slot) = self.lock().index.remove(id) else {
             return false;
         };
-        if let Some(commits) = &self.commits {
-            let _ = commits.send(Request::Done {
+        if let Some(writer) = &self.writer {
+            writer.submit(Request::Done {
                 segment: slot.segment,
                 record: done_record(id),
             });
@@ -471,8 +482,59 @@ fn create_segment(dir: &Path, segment: u64) -> io::Result<()> {
     Ok(())
 }
 
-/// The thread that owns the active segment: takes every request queued while
-/// it was busy, writes them in one go, fdatasyncs once, then answers all.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Writer {
+    /// Queues `request`, and starts a committer if none is running (on the
+    /// caller's runtime; outside one, this thread commits it).
+    fn submit(self: &Arc<Self>, request: Request) {
+        let mut queue = lock(&self.queue);
+        queue.requests.push_back(request);
+        if std::mem::replace(&mut queue.draining, true) {
+            return;
+        }
+        drop(queue);
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                let writer = self.clone();
+                drop(rt.spawn_blocking(move || writer.drain(false)));
+            }
+            Err(_) => self.drain(false),
+        }
+    }
+
+    /// Commits batches until the queue is empty. Batches are taken under the
+    /// committer's lock, so they are written in the order they were queued
+    /// (a done mark never precedes its message). `last`: the journal is
+    /// going away; whatever a committer started meanwhile finds nothing.
+    fn drain(&self, last: bool) {
+        let mut committer = lock(&self.committer);
+        loop {
+            let mut queue = lock(&self.queue);
+            let mut bytes = 0;
+            let mut batch = Vec::new();
+            while bytes < BATCH_BYTES
+                && let Some(r) = queue.requests.pop_front()
+            {
+                bytes += r.len();
+                batch.push(r);
+            }
+            if batch.is_empty() {
+                if !last {
+                    queue.draining = false;
+                }
+                return;
+            }
+            drop(queue);
+            committer.commit(batch);
+        }
+    }
+}
+
+/// Owns the active segment: writes a batch in one go, fdatasyncs once, then
+/// answers every request in it.
 /// The segment is open only while a batch is written: a file open for
 /// writing would keep the spool's file system from being remounted
 /// read-only.
@@ -487,23 +549,6 @@ struct Committer {
 }
 
 impl Committer {
-    fn run(mut self, requests: mpsc::Receiver<Request>) {
-        while let Ok(first) = requests.recv() {
-            let mut bytes = first.len();
-            let mut batch = vec![first];
-            while bytes < BATCH_BYTES {
-                match requests.try_recv() {
-                    Ok(r) => {
-                        bytes += r.len();
-                        batch.push(r);
-                    }
-                    Err(_) => break,
-                }
-            }
-            self.commit(batch);
-        }
-    }
-
     fn commit(&mut self, batch: Vec<Request>) {
         if (self.broken || self.len >= SEGMENT_BYTES)
             && let Err(e) = self.rotate()
@@ -574,7 +619,7 @@ impl Committer {
     /// in it is done, empties it (its done marks close only its own
     /// messages) so the space it held can take the batch. Whether it did.
     fn reclaim(&mut self) -> bool {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let state = lock(&self.state);
         let dead = state.live.len() == 1 && state.live.get(&self.segment) == Some(&0);
         drop(state);
         let header = SEGMENT_MAGIC.len() as u64;
@@ -595,7 +640,7 @@ impl Committer {
     /// Records the batch's outcome (`Ok`: where it starts) and answers each
     /// waiting session; then deletes segments nothing is left in.
     fn answer(&mut self, batch: Vec<Request>, written: io::Result<u64>) {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         let mut at = *written.as_ref().unwrap_or(&0);
         for r in batch {
             let len = r.len() as u64;
@@ -659,7 +704,7 @@ impl Committer {
         self.segment = next;
         self.len = SEGMENT_MAGIC.len() as u64;
         self.broken = false;
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let mut state = lock(&self.state);
         state.live.insert(next, 0);
         state.active = next;
         Ok(())
