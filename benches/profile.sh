@@ -5,7 +5,8 @@
 #   benches/profile.sh MODE [COUNT] [SESSIONS] [SIZE]
 #
 # MODE:
-#   run          the load only: wall time and the relay's CPU per message
+#   run          the load only: wall time, the relay's CPU per message and its
+#                peak PSS/RSS (every mode reports these; sampled every 100 ms)
 #   strace       strace -f -c attached to the relay for the load: syscalls
 #   strace-log   strace -f -tt -T (every call, timed) for the load: use a small
 #                COUNT and SESSIONS 1 to read one message's sequence
@@ -129,6 +130,18 @@ perf-record)
 esac
 [ -n "$TOOL" ] && sleep 1   # let the tool attach to every thread
 
+# Peak PSS and RSS of the relay while the load runs, sampled every 100 ms.
+( peak_pss=0; peak_rss=0
+  while kill -0 "$RELAY" 2>/dev/null; do
+      read -r pss rss < <(awk '/^Pss:/ {p=$2} /^Rss:/ {r=$2} END {print p+0, r+0}' \
+          "/proc/$RELAY/smaps_rollup" 2>/dev/null || echo "0 0")
+      [ "$pss" -gt "$peak_pss" ] && peak_pss=$pss
+      [ "$rss" -gt "$peak_rss" ] && peak_rss=$rss
+      echo "$peak_pss $peak_rss" > "$OUT/memory.peak"
+      sleep 0.1
+  done ) &
+MEM=$!
+PIDS+=("$MEM")
 base=$(sink_count); base=${base:-0}
 cpu0=$(cpu_ticks "$RELAY")
 t0=$(date +%s.%N)
@@ -153,12 +166,14 @@ for t in $TOOL $JBD2; do
     kill -INT "$t"
     wait "$t" || true
 done
+kill "$MEM" 2>/dev/null || true
+read -r peak_pss peak_rss < "$OUT/memory.peak" || true
 kill -TERM "$RELAY"
 wait "$RELAY" || true
 
 hz=$(getconf CLK_TCK)
 awk -v n="$COUNT" -v d=$((got - base)) -v a="$t_accept" -v e="$t_e2e" -v s="$t0" \
-    -v c=$((cpu1 - cpu0)) -v hz="$hz" 'BEGIN {
-    printf "delivered %d/%d; accept %.2f s (%.0f msg/s); end to end %.2f s (%.0f msg/s); relay CPU %.2f ms/msg\n",
-        d, n, a - s, n / (a - s), e - s, d / (e - s), 1000 * c / hz / n }' | tee "$OUT/summary-$MODE.txt"
+    -v c=$((cpu1 - cpu0)) -v hz="$hz" -v pss="${peak_pss:-0}" -v rss="${peak_rss:-0}" 'BEGIN {
+    printf "delivered %d/%d; accept %.2f s (%.0f msg/s); end to end %.2f s (%.0f msg/s); relay CPU %.2f ms/msg; peak PSS %.1f MB, RSS %.1f MB\n",
+        d, n, a - s, n / (a - s), e - s, d / (e - s), 1000 * c / hz / n, pss / 1024, rss / 1024 }' | tee "$OUT/summary-$MODE.txt"
 echo "relay warnings/errors: $(grep -c -E 'WARN|ERROR' "$OUT/relay.log" || true); queued left: $(find "$OUT/spool/msg" -name '*.json' | wc -l)"

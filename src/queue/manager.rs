@@ -24,7 +24,7 @@ const MAX_IN_FLIGHT: usize = 64;
 const FLUSH_POLL: Duration = Duration::from_secs(1);
 /// Content of just-accepted messages kept in memory for their first
 /// delivery, in all; beyond it, delivery reads them back from the spool.
-const HOT_BUDGET: usize = 32 << 20;
+const HOT_BUDGET: usize = 4 << 20;
 
 /// Runs until `shutdown`: recovers the spool, then delivers. Each delivery
 /// uses the settings `delivery` holds when it starts (reloads replace them).

@@ -855,11 +855,10 @@ impl Incoming {
             && inner.journal.appends()
             && header.len() + tail.len() <= journal::MAX_MESSAGE
         {
-            let content = if header.is_empty() {
-                tail
-            } else {
-                [header, tail].concat()
-            };
+            // The header goes in front within `tail`'s own buffer, which
+            // has room to spare as a rule: no second copy of the message.
+            let mut content = tail;
+            content.splice(0..0, header);
             return inner.journal.append(&id, &json, content).await.map(Some);
         }
         tokio::task::spawn_blocking(move || inner.commit_blocking(&id, file, &header, &tail, &json))
