@@ -30,6 +30,57 @@ const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 /// Idle connections kept per upstream for reuse.
 const MAX_IDLE_PER_UPSTREAM: usize = 4;
 
+/// The content of the message being delivered: in memory when it came hot,
+/// else read from the spool when an attempt first holds an upstream slot (or
+/// a notice needs it). Up to 64 deliveries are in flight but only 10 send per
+/// upstream: the rest wait without their content (at 100 sessions × 100 KiB
+/// that was 5 MB held by waiting tasks).
+struct Content<'a> {
+    spool: &'a Spool,
+    id: &'a str,
+    size: u64,
+    bytes: tokio::sync::OnceCell<Vec<u8>>,
+}
+
+impl Content<'_> {
+    async fn get(&self) -> Result<&[u8], spool::SpoolError> {
+        let bytes = self
+            .bytes
+            .get_or_try_init(|| self.spool.read_content_async(self.id, self.size))
+            .await?;
+        Ok(bytes)
+    }
+}
+
+/// Why an attempt sent nothing: the upstream failed, or the message could
+/// not be read.
+enum Unsent {
+    Upstream(UpstreamError),
+    Unreadable(spool::SpoolError),
+}
+
+impl From<UpstreamError> for Unsent {
+    fn from(e: UpstreamError) -> Unsent {
+        Unsent::Upstream(e)
+    }
+}
+
+/// A message that cannot be read is dropped from the schedule: removed by
+/// `queue delete`, or damaged (left in the spool for an administrator).
+fn unreadable(id: &str, e: spool::SpoolError) -> Option<u64> {
+    match e {
+        spool::SpoolError::Io(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            info!(
+                event = tracking::DELETED,
+                queue_id = id,
+                "no longer in the spool (queue delete); dropped from the schedule"
+            );
+        }
+        e => error!(queue_id = %id, "cannot read queued message: {e}"),
+    }
+    None
+}
+
 /// What delivery needs from one configuration; rebuilt on reload.
 pub struct Delivery {
     hostname: String,
@@ -149,23 +200,18 @@ impl Delivery {
     /// (its first attempt then reads nothing back from the spool).
     pub async fn deliver(&self, id: &str, hot: Option<Hot>) -> Option<u64> {
         let loaded = match hot {
-            Some(h) => Ok((h.envelope, h.content)),
-            None => self.spool.read_async(id).await,
+            Some(h) => Ok((h.envelope, Some(h.content))),
+            None => self.spool.read_envelope_async(id).await.map(|e| (e, None)),
         };
-        let (mut env, message) = match loaded {
+        let (mut env, content) = match loaded {
             Ok(x) => x,
-            Err(spool::SpoolError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => {
-                info!(
-                    event = tracking::DELETED,
-                    queue_id = id,
-                    "no longer in the spool (queue delete); dropped from the schedule"
-                );
-                return None;
-            }
-            Err(e) => {
-                error!(queue_id = %id, "cannot read queued message: {e}");
-                return None;
-            }
+            Err(e) => return unreadable(id, e),
+        };
+        let message = Content {
+            spool: &self.spool,
+            id,
+            size: env.size,
+            bytes: tokio::sync::OnceCell::new_with(content),
         };
         // The schedule decided it is time: every recipient still to do goes in
         // this attempt, so a message's recipients never drift into separate
@@ -183,9 +229,13 @@ impl Delivery {
         }
         let domain = env.route_domain.clone().or_else(|| domain_of(&env.sender));
         let recipients: Vec<&Recipient> = due.iter().map(|&i| &env.recipients[i]).collect();
-        let (outcome, last_tried) = self
+        let (outcome, last_tried) = match self
             .try_route(id, domain.as_deref(), &env, &recipients, &message)
-            .await;
+            .await
+        {
+            Ok(tried) => tried,
+            Err(e) => return unreadable(id, e),
+        };
 
         let now = spool::unix_now();
         let expired = now >= env.received_at + self.queue.max_lifetime.as_secs();
@@ -310,10 +360,10 @@ impl Delivery {
         domain: Option<&str>,
         env: &Envelope,
         recipients: &[&Recipient],
-        message: &[u8],
-    ) -> (Result<Accepted, AttemptError>, Option<usize>) {
+        message: &Content<'_>,
+    ) -> Result<(Result<Accepted, AttemptError>, Option<usize>), spool::SpoolError> {
         let Some(route) = self.routes.for_domain(domain) else {
-            return (Err(AttemptError::NoRoute), None);
+            return Ok((Err(AttemptError::NoRoute), None));
         };
         let mut failure = None;
         let mut last_tried = None;
@@ -321,7 +371,11 @@ impl Delivery {
             let name = self.upstreams[u].name.as_str();
             last_tried = Some(u);
             let started = std::time::Instant::now();
-            let tried = self.attempt(u, env, recipients, message).await;
+            let tried = match self.attempt(u, env, recipients, message).await {
+                Ok(sent) => Ok(sent),
+                Err(Unsent::Unreadable(e)) => return Err(e),
+                Err(Unsent::Upstream(e)) => Err(e),
+            };
             let duration_ms = started.elapsed().as_millis() as u64;
             match tried {
                 Ok((replies, dsn)) => {
@@ -347,7 +401,7 @@ impl Delivery {
                         replies,
                         dsn,
                     };
-                    return (Ok(accepted), last_tried);
+                    return Ok((Ok(accepted), last_tried));
                 }
                 Err(error) => {
                     let aside = self.health.failure(u);
@@ -363,7 +417,7 @@ impl Delivery {
         }
         // A route always names at least one upstream (the config checks it).
         let failure = failure.unwrap_or(AttemptError::NoRoute);
-        (Err(failure), last_tried)
+        Ok((Err(failure), last_tried))
     }
 
     /// Logs one recipient's verdict and returns the status to store.
@@ -448,9 +502,10 @@ impl Delivery {
         u: usize,
         env: &Envelope,
         recipients: &[&Recipient],
-        message: &[u8],
-    ) -> Result<(Vec<UpstreamReply>, bool), UpstreamError> {
+        message: &Content<'_>,
+    ) -> Result<(Vec<UpstreamReply>, bool), Unsent> {
         let _slot = self.slots[u].acquire().await;
+        let message = message.get().await.map_err(Unsent::Unreadable)?;
         let mut conn = self.checkout(u).await?;
         let replies = conn.send(env, recipients, message).await?;
         let dsn = conn.capabilities().dsn;
@@ -485,7 +540,7 @@ impl Delivery {
     async fn notify(
         &self,
         env: &Envelope,
-        message: &[u8],
+        message: &Content<'_>,
         notices: &[Notice],
         domain: Option<String>,
     ) -> Result<Option<String>, ()> {
@@ -511,6 +566,9 @@ impl Delivery {
             return Ok(None);
         }
         let now = spool::unix_now();
+        let message = message.get().await.map_err(|e| {
+            error!(queue_id = %env.id, "cannot read the message for its notice: {e}");
+        })?;
         let body = dsn::build(&self.hostname, env, message, &reports, now);
         let id = spool::new_queue_id();
         let bounce = Envelope {

@@ -112,6 +112,7 @@ pub async fn run(
             }
             Some((id, next)) = done_rx.recv() => {
                 schedule.in_flight.remove(&id);
+                hot.release(&id);
                 if let Some(next) = next {
                     schedule.add(id, next);
                 }
@@ -126,7 +127,7 @@ pub async fn run(
                 for id in take_deleted(&spool) {
                     info!(event = tracking::DELETED, queue_id = id.as_str(), "deleted by queue delete");
                     schedule.remove(&id);
-                    hot.take(&id);
+                    hot.discard(&id);
                     // Still in the journal, where only this process can close it.
                     spool.forget(&id);
                 }
@@ -139,6 +140,9 @@ pub async fn run(
 /// taken by its first delivery (or dropped by `queue delete`).
 struct HotCache {
     messages: HashMap<String, Hot>,
+    /// Content handed to deliveries still running: it is in memory until
+    /// they end, so it still counts.
+    lent: HashMap<String, usize>,
     bytes: usize,
     budget: usize,
 }
@@ -147,6 +151,7 @@ impl HotCache {
     fn new(budget: usize) -> HotCache {
         HotCache {
             messages: HashMap::new(),
+            lent: HashMap::new(),
             bytes: 0,
             budget,
         }
@@ -165,10 +170,25 @@ impl HotCache {
         }
     }
 
+    /// The message for its delivery; its bytes count until `release`.
     fn take(&mut self, id: &str) -> Option<Hot> {
         let hot = self.messages.remove(id)?;
-        self.bytes -= hot.content.len();
+        self.lent.insert(id.to_owned(), hot.content.len());
         Some(hot)
+    }
+
+    /// Drops `id` (deleted before its delivery took it).
+    fn discard(&mut self, id: &str) {
+        if let Some(hot) = self.messages.remove(id) {
+            self.bytes -= hot.content.len();
+        }
+    }
+
+    /// The delivery of `id` ended.
+    fn release(&mut self, id: &str) {
+        if let Some(size) = self.lent.remove(id) {
+            self.bytes -= size;
+        }
     }
 }
 
@@ -269,8 +289,17 @@ mod tests {
         assert!(c.take("b").is_none());
         assert_eq!(c.take("a").map(|h| h.content.len()), Some(60));
         assert!(c.take("a").is_none(), "taken once");
+        // Lent to its delivery: still in memory, still counted.
+        assert_eq!(c.bytes, 100);
+        c.insert("b", hot("b", 50));
+        assert_eq!(c.messages.len(), 1, "no room while a is delivered");
+        c.release("a");
         assert_eq!(c.bytes, 40);
+        c.release("a");
+        assert_eq!(c.bytes, 40, "released once");
         c.insert("b", hot("b", 50));
         assert_eq!((c.bytes, c.messages.len()), (90, 2));
+        c.discard("b");
+        assert_eq!((c.bytes, c.messages.len()), (40, 1));
     }
 }

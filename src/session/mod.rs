@@ -57,7 +57,7 @@ pub async fn write_replies(
 }
 
 /// How much is read from the socket at a time.
-const READ_CHUNK: usize = 64 * 1024;
+const READ_CHUNK: usize = 16 * 1024;
 
 /// Replies held before input stops being consumed until they are written. A
 /// pipelining client that never reads would otherwise make each read of short

@@ -166,14 +166,17 @@ fn segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(found)
 }
 
-fn record(kind: u8, parts: &[&[u8]]) -> Vec<u8> {
+/// The record header for `parts`; `capacity` more bytes are reserved for
+/// what the caller appends (a message's content is written from its own
+/// buffer, so its head reserves room for everything but that).
+fn record(kind: u8, parts: &[&[u8]], capacity: usize) -> Vec<u8> {
     let len: usize = parts.iter().map(|p| p.len()).sum();
     let mut crc = crc32fast::Hasher::new();
     crc.update(&[kind]);
     for p in parts {
         crc.update(p);
     }
-    let mut head = Vec::with_capacity(RECORD_HEADER + len);
+    let mut head = Vec::with_capacity(RECORD_HEADER + capacity);
     head.extend_from_slice(RECORD_MAGIC);
     head.push(kind);
     head.extend_from_slice(&(len as u32).to_le_bytes());
@@ -186,7 +189,7 @@ fn message_head(id: &str, json: &[u8], content: &[u8]) -> Vec<u8> {
     let id_len = [id.len() as u8];
     let json_len = (json.len() as u32).to_le_bytes();
     let parts: [&[u8]; 5] = [&id_len, id.as_bytes(), &json_len, json, content];
-    let mut head = record(MESSAGE, &parts);
+    let mut head = record(MESSAGE, &parts, 1 + id.len() + 4 + json.len());
     for p in &parts[..4] {
         head.extend_from_slice(p);
     }
@@ -194,7 +197,7 @@ fn message_head(id: &str, json: &[u8], content: &[u8]) -> Vec<u8> {
 }
 
 fn done_record(id: &str) -> Vec<u8> {
-    let mut r = record(DONE, &[id.as_bytes()]);
+    let mut r = record(DONE, &[id.as_bytes()], id.len());
     r.extend_from_slice(id.as_bytes());
     r
 }
@@ -281,6 +284,14 @@ fn scan(dir: &Path) -> io::Result<(HashMap<String, Slot>, Vec<u64>)> {
         }
     }
     Ok((live, found))
+}
+
+/// Reads `len` bytes at `at` of a segment.
+fn read_at(dir: &Path, segment: u64, at: u64, len: u64) -> io::Result<Vec<u8>> {
+    let file = File::open(segment_path(dir, segment))?;
+    let mut bytes = vec![0; len as usize];
+    file.read_exact_at(&mut bytes, at)?;
+    Ok(bytes)
 }
 
 /// Reads a message's envelope JSON and content from its segment.
@@ -410,13 +421,23 @@ impl Journal {
     /// The message's envelope JSON alone, if the journal holds it.
     pub(super) fn read_json(&self, id: &str) -> Option<io::Result<Vec<u8>>> {
         let slot = *self.lock().index.get(id)?;
-        let read = || {
-            let file = File::open(segment_path(&self.dir, slot.segment))?;
-            let mut json = vec![0; slot.json_len as usize];
-            file.read_exact_at(&mut json, slot.json_at)?;
-            Ok(json)
-        };
-        Some(read())
+        Some(read_at(
+            &self.dir,
+            slot.segment,
+            slot.json_at,
+            slot.json_len,
+        ))
+    }
+
+    /// The message's content alone, if the journal holds it.
+    pub(super) fn read_content(&self, id: &str) -> Option<io::Result<Vec<u8>>> {
+        let slot = *self.lock().index.get(id)?;
+        Some(read_at(
+            &self.dir,
+            slot.segment,
+            slot.content_at,
+            slot.content_len,
+        ))
     }
 
     /// Appends message `id` and returns `content` once an fdatasync covering

@@ -550,6 +550,24 @@ impl Spool {
         Ok((envelope, bytes))
     }
 
+    /// Reads the content of message `id` alone (delivery already has its
+    /// envelope), checking it against the `size` that envelope gives.
+    pub fn read_content(&self, id: &str, size: u64) -> Result<Vec<u8>, SpoolError> {
+        let content = match self.inner.journal.read_content(id) {
+            Some(Ok(content)) => content,
+            Some(Err(e)) if !self.moved_on(&e) => return Err(e.into()),
+            _ => {
+                let mut bytes = fs::read(self.message_path(id))?;
+                let at = footer_start(id, bytes.len() as u64)?;
+                let content_len = content_len(id, at, &bytes[at as usize..])?;
+                bytes.truncate(content_len as usize);
+                bytes
+            }
+        };
+        check_len(id, size, content.len() as u64)?;
+        Ok(content)
+    }
+
     /// Whether a snapshot's journal entry is gone because the relay moved
     /// on since (the message moved to its own file, or was done): then the
     /// file, if any, is what to read.
@@ -692,6 +710,11 @@ impl Spool {
         self.blocking(move |s| s.read(&id)).await
     }
 
+    pub async fn read_content_async(&self, id: &str, size: u64) -> Result<Vec<u8>, SpoolError> {
+        let id = id.to_owned();
+        self.blocking(move |s| s.read_content(&id, size)).await
+    }
+
     pub async fn read_envelope_async(&self, id: &str) -> Result<Envelope, SpoolError> {
         let id = id.to_owned();
         self.blocking(move |s| s.read_envelope(&id)).await
@@ -710,12 +733,16 @@ impl Spool {
 /// A content file of `size` bytes belongs with `envelope` only if it has the
 /// size the envelope recorded (a torn or foreign file does not).
 fn check_size(envelope: &Envelope, size: u64) -> Result<(), SpoolError> {
-    if size == envelope.size {
+    check_len(&envelope.id, envelope.size, size)
+}
+
+fn check_len(id: &str, expected: u64, size: u64) -> Result<(), SpoolError> {
+    if size == expected {
         return Ok(());
     }
     Err(SpoolError::Corrupt {
-        id: envelope.id.clone(),
-        reason: format!("message is {size} bytes, envelope says {}", envelope.size),
+        id: id.to_owned(),
+        reason: format!("message is {size} bytes, envelope says {expected}"),
     })
 }
 
