@@ -5,7 +5,7 @@
 //! rules), `spool` makes it durable. `config` is parsed once at start;
 //! `error` maps every refusal to its reply.
 //!
-//! No unsafe code here: the two calls that need it act on the whole process
+//! No unsafe code here: the few calls that need it act on the whole process
 //! (glibc's allocator, the terminal's echo) and are made by the binary.
 
 #![forbid(unsafe_code)]

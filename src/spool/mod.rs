@@ -886,6 +886,10 @@ impl Incoming {
             // has room to spare as a rule: no second copy of the message.
             let mut content = tail;
             content.splice(0..0, header);
+            // The buffer grew by doubling (a 100 KiB message sits in 128
+            // KiB); it waits for the fdatasync and may then wait in the hot
+            // cache, so its spare room goes back now (in place: no copy).
+            content.shrink_to_fit();
             return inner.journal.append(&id, &json, content).await.map(Some);
         }
         tokio::task::spawn_blocking(move || inner.commit_blocking(&id, file, &header, &tail, &json))
