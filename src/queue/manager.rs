@@ -25,8 +25,8 @@ const FLUSH_POLL: Duration = Duration::from_secs(1);
 /// Content of just-accepted messages kept in memory for their first
 /// delivery, in all (buffer capacity, waiting or being delivered); beyond
 /// it, delivery reads them back from the spool's page-cached journal. 2 MiB
-/// holds ~2000 1 KiB messages, more than the queue holds at full load; at
-/// 100 KiB, a few dozen.
+/// holds over a thousand 1 KiB messages, more than wait at full load; at
+/// 100 KiB, about twenty.
 const HOT_BUDGET: usize = 2 << 20;
 
 /// Runs until `shutdown`: recovers the spool, then delivers. Each delivery

@@ -189,7 +189,8 @@ fn message_head(id: &str, json: &[u8], content: &[u8]) -> Vec<u8> {
     let id_len = [id.len() as u8];
     let json_len = (json.len() as u32).to_le_bytes();
     let parts: [&[u8]; 5] = [&id_len, id.as_bytes(), &json_len, json, content];
-    let mut head = record(MESSAGE, &parts, 1 + id.len() + 4 + json.len());
+    let head_len = parts[..4].iter().map(|p| p.len()).sum();
+    let mut head = record(MESSAGE, &parts, head_len);
     for p in &parts[..4] {
         head.extend_from_slice(p);
     }
