@@ -705,11 +705,6 @@ impl Spool {
             .map_err(|e| SpoolError::Task(e.to_string()))?
     }
 
-    pub async fn read_async(&self, id: &str) -> Result<(Envelope, Vec<u8>), SpoolError> {
-        let id = id.to_owned();
-        self.blocking(move |s| s.read(&id)).await
-    }
-
     pub async fn read_content_async(&self, id: &str, size: u64) -> Result<Vec<u8>, SpoolError> {
         let id = id.to_owned();
         self.blocking(move |s| s.read_content(&id, size)).await
