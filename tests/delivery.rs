@@ -292,6 +292,44 @@ async fn temporary_failure_then_recovery_delivers_exactly_once() {
     relay.stop().await;
 }
 
+/// Pooled upstream connections are reused without a RSET first. One the
+/// upstream closed while it idled (silently, or with a 421) fails the next
+/// transaction before MAIL is answered; the message then goes over a new
+/// connection at once, not after a deferral (retry_min is 60 s here).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pooled_connection_the_upstream_closed_costs_no_deferral() {
+    for notice in [None, Some("421 4.4.2 idle timeout")] {
+        let fake = FakeUpstream::start(Script {
+            chunking: false,
+            close_after: Some(1),
+            close_notice: notice.map(str::to_owned),
+            ..Script::default()
+        })
+        .await;
+        let h = Harness::new(&format!(
+            "retry_min = \"60s\"\n\n{}",
+            upstream_toml("only", fake.address(), "none")
+        ));
+        let relay = h.start().await;
+        for i in 1..=3 {
+            send_messages(&relay, &h, FROM, 1, &format!("idle{i}")).await;
+            eventually("delivered at once", 10, || fake.transactions().len() == i).await;
+            // Let the upstream's close arrive while the connection idles.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        eventually("an empty queue", 10, || h.spool_files() == 0).await;
+        let txs = fake.transactions();
+        for (i, tx) in txs.iter().enumerate() {
+            let subject = format!("Subject: idle{} 0", i + 1);
+            assert!(String::from_utf8_lossy(strip_received(&tx.message)).starts_with(&subject));
+            assert!(tx.data_in_group, "MAIL, RCPT and DATA in one write");
+        }
+        assert_eq!(fake.connections(), 3, "{notice:?}");
+        assert!(!fake.saw("RSET"), "no RSET before a reuse");
+        relay.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_arrive_intact_over_data_and_over_bdat() {
     let bdat = FakeUpstream::start(Script::default()).await;

@@ -214,6 +214,96 @@ async fn no_accepted_recipient_means_rset_not_data_and_the_connection_stays_usab
     c.quit().await;
 }
 
+/// RFC 2920 §3.1: with PIPELINING and no CHUNKING, DATA ends the MAIL/RCPT
+/// group (one round trip before the content); without PIPELINING each
+/// command waits for its reply.
+#[tokio::test]
+async fn data_joins_the_mail_rcpt_group_only_with_pipelining() {
+    let env = envelope("a@example.com", &["b@example.net", "c@example.net"]);
+    for pipelining in [true, false] {
+        let fake = FakeUpstream::start(Script {
+            pipelining,
+            chunking: false,
+            ..Script::default()
+        })
+        .await;
+        let r = deliver(&plain(&fake), &env, TRICKY).await.unwrap();
+        assert_eq!(codes(&r), [250, 250]);
+        let tx = &fake.transactions()[0];
+        assert_eq!(tx.method, Some(Method::Data));
+        assert_eq!(tx.message, TRICKY);
+        assert_eq!((tx.pipelined, tx.data_in_group), (pipelining, pipelining));
+    }
+}
+
+/// A pipelined DATA after every RCPT was refused: refused in turn (554), or
+/// taken (354) by a lax server and then ended by a lone dot. Either way the
+/// transaction is reset and the connection carries the next message.
+#[tokio::test]
+async fn a_pipelined_data_with_no_recipient_is_ended_and_the_connection_stays_usable() {
+    for data_without_recipients in [false, true] {
+        let fake = FakeUpstream::start(Script {
+            chunking: false,
+            data_without_recipients,
+            rcpt_replies: vec![("bad@example.net".into(), "550 5.1.1 unknown".into())],
+            ..Script::default()
+        })
+        .await;
+        let mut c = Connection::open(&plain(&fake), &options()).await.unwrap();
+        let env = envelope("a@example.com", &["bad@example.net"]);
+        let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+        assert_eq!(codes(&c.send(&env, &rcpts, b"x\r\n").await.unwrap()), [550]);
+        assert!(fake.saw("DATA") && fake.saw("RSET"));
+        assert_eq!(c.messages_sent(), 0);
+        let env = envelope("a@example.com", &["good@example.net"]);
+        let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+        assert_eq!(codes(&c.send(&env, &rcpts, b"y\r\n").await.unwrap()), [250]);
+        assert!(c.is_usable() && c.messages_sent() == 1);
+        c.quit().await;
+        let txs = fake.transactions();
+        let delivered: Vec<_> = txs.iter().filter(|t| t.method.is_some()).collect();
+        assert_eq!(delivered.len(), 1, "{data_without_recipients}");
+        assert_eq!(delivered[0].message, b"y\r\n");
+        assert_eq!(fake.connections(), 1);
+    }
+}
+
+/// A connection the upstream closed after its last transaction (with a 421
+/// or without a word) fails the next one before MAIL is answered, and says
+/// so: the caller may retry elsewhere, as nothing was taken.
+#[tokio::test]
+async fn a_connection_closed_while_idle_says_so_at_the_next_mail() {
+    for notice in [None, Some("421 4.4.2 idle timeout")] {
+        let fake = FakeUpstream::start(Script {
+            close_after: Some(1),
+            close_notice: notice.map(str::to_owned),
+            ..Script::default()
+        })
+        .await;
+        let mut c = Connection::open(&plain(&fake), &options()).await.unwrap();
+        let env = envelope("a@example.com", &["b@example.net"]);
+        let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+        assert_eq!(codes(&c.send(&env, &rcpts, b"1\r\n").await.unwrap()), [250]);
+        assert!(!c.closed_before_mail());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(c.send(&env, &rcpts, b"2\r\n").await.is_err());
+        assert!(c.closed_before_mail(), "{notice:?}");
+        assert!(!c.is_usable());
+        assert_eq!(fake.transactions().len(), 1);
+    }
+    // A server that refuses MAIL for its own reasons is not a closed connection.
+    let fake = FakeUpstream::start(Script {
+        mail_reply: Some("451 4.3.0 try later".into()),
+        ..Script::default()
+    })
+    .await;
+    let mut c = Connection::open(&plain(&fake), &options()).await.unwrap();
+    let env = envelope("a@example.com", &["b@example.net"]);
+    let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
+    assert!(c.send(&env, &rcpts, b"x\r\n").await.is_err());
+    assert!(!c.closed_before_mail());
+}
+
 #[tokio::test]
 async fn mail_5xx_is_every_recipients_reply_and_4xx_is_an_error() {
     let env = envelope("a@example.com", &["b@example.net", "c@example.net"]);

@@ -129,6 +129,9 @@ pub struct Connection {
     messages_sent: usize,
     /// Set after an error: the conversation state is unknown.
     broken: bool,
+    /// The last transaction found the connection closed before MAIL was
+    /// answered (see `opening`).
+    closed_before_mail: bool,
 }
 
 impl Connection {
@@ -207,6 +210,7 @@ impl Connection {
             opened_at,
             messages_sent: 0,
             broken: false,
+            closed_before_mail: false,
         })
     }
 
@@ -225,7 +229,10 @@ impl Connection {
                 "connection unusable after an earlier error".into(),
             ));
         }
-        let result = self.transaction(envelope, recipients, message).await;
+        self.closed_before_mail = false;
+        // Boxed: its many await points make a large future, too large for
+        // the stack of the callers' own futures in debug builds.
+        let result = Box::pin(self.transaction(envelope, recipients, message)).await;
         if result.is_err() {
             self.broken = true;
         }
@@ -273,18 +280,25 @@ impl Connection {
             .collect();
         let t = self.options.command_timeout;
 
-        // MAIL and RCPTs: in one write with PIPELINING (RFC 2920 §3.1), one
-        // reply read per command, in order.
+        // With PIPELINING, MAIL, the RCPTs and (when the content goes by
+        // DATA) DATA go in one write, and the replies are read in order
+        // (RFC 2920 §3.1: DATA may end a group). BDAT is not added: its
+        // content would follow before the recipients were known.
         let mut results: Vec<Option<UpstreamReply>> = vec![None; recipients.len()];
+        let mut go = None;
         let mail_reply;
         if self.capabilities.pipelining {
+            let with_data = !self.capabilities.chunking;
             let mut batch = mail.into_bytes();
             for cmd in rcpts.iter().flatten() {
                 batch.extend_from_slice(cmd.as_bytes());
             }
-            self.wire.send(&batch, t, Stage::Mail).await?;
-            mail_reply = self.wire.reply(t, Stage::Mail).await?;
+            if with_data {
+                batch.extend_from_slice(b"DATA\r\n");
+            }
+            mail_reply = self.opening(&batch).await?;
             let mail_ok = mail_reply.code / 100 == 2;
+            let mut in_step = true;
             for (i, cmd) in rcpts.iter().enumerate() {
                 if cmd.is_some() {
                     match self.wire.reply(t, Stage::Rcpt).await {
@@ -294,14 +308,25 @@ impl Connection {
                         // MAIL's refusal stands; the connection is closing or lost.
                         _ => {
                             self.broken = true;
+                            in_step = false;
                             break;
                         }
                     }
                 }
             }
+            if with_data && in_step {
+                let limit = self.options.data_init_timeout;
+                match self.wire.reply(limit, Stage::Data).await {
+                    Ok(reply) if mail_ok => go = Some(closing(Stage::Data, reply)?),
+                    // No transaction, so DATA is refused (503); a 354 would
+                    // leave the upstream reading content nobody sends.
+                    Ok(reply) => self.broken |= reply.code == 354 || reply.code == 421,
+                    Err(e) if mail_ok => return Err(e),
+                    Err(_) => self.broken = true,
+                }
+            }
         } else {
-            self.wire.send(mail.as_bytes(), t, Stage::Mail).await?;
-            mail_reply = self.wire.reply(t, Stage::Mail).await?;
+            mail_reply = self.opening(mail.as_bytes()).await?;
             if mail_reply.code / 100 == 2 {
                 for (i, cmd) in rcpts.iter().enumerate() {
                     if let Some(cmd) = cmd {
@@ -340,6 +365,14 @@ impl Connection {
         }
         let mut results: Vec<UpstreamReply> = results.into_iter().flatten().collect();
         if accepted.is_empty() {
+            if go.is_some_and(|reply| reply.code == 354) {
+                // RFC 2920 §3.1: a pipelined DATA taken although no RCPT was:
+                // a lone dot ends it, and the transaction fails.
+                let o = &self.options;
+                let (block, end) = (o.data_block_timeout, o.data_end_timeout);
+                self.wire.send(b".\r\n", block, Stage::Data).await?;
+                self.wire.reply(end, Stage::Data).await?;
+            }
             // Nobody to send to: end the transaction (RFC 5321 §4.1.1.5).
             self.reset().await?;
             return Ok(results);
@@ -348,7 +381,7 @@ impl Connection {
         let verdict = if self.capabilities.chunking {
             self.bdat(&message).await?
         } else {
-            self.data(&message).await?
+            self.data(&message, go).await?
         };
         let verdict = closing(Stage::Data, verdict)?;
         if !matches!(verdict.code / 100, 2 | 4 | 5) {
@@ -376,12 +409,22 @@ impl Connection {
     }
 
     /// RFC 5321 §4.1.1.4: DATA, 354, the dot-stuffed content, CRLF "." CRLF.
-    async fn data(&mut self, message: &[u8]) -> Result<UpstreamReply, UpstreamError> {
+    /// `go`: the reply to a DATA already sent in the MAIL/RCPT group.
+    async fn data(
+        &mut self,
+        message: &[u8],
+        go: Option<UpstreamReply>,
+    ) -> Result<UpstreamReply, UpstreamError> {
         let o = self.options.clone();
-        self.wire
-            .send(b"DATA\r\n", o.command_timeout, Stage::Data)
-            .await?;
-        let go = self.wire.reply(o.data_init_timeout, Stage::Data).await?;
+        let go = match go {
+            Some(reply) => reply,
+            None => {
+                self.wire
+                    .send(b"DATA\r\n", o.command_timeout, Stage::Data)
+                    .await?;
+                self.wire.reply(o.data_init_timeout, Stage::Data).await?
+            }
+        };
         if go.code != 354 {
             // A refusal applies to every accepted recipient; anything else is nonsense.
             return match go.code / 100 {
@@ -397,7 +440,39 @@ impl Connection {
         self.wire.reply(o.data_end_timeout, Stage::Data).await
     }
 
-    /// RSET between messages on a reused connection; anything but 250 is `Err`.
+    /// A transaction's first write, and the reply to its MAIL. A server may
+    /// close a connection that idles between transactions (RFC 5321
+    /// §4.5.3.2.7), some with a 421 first; then nothing of this transaction
+    /// was taken, and `closed_before_mail` lets a caller that reused the
+    /// connection try a new one instead of probing each reuse with RSET.
+    async fn opening(&mut self, batch: &[u8]) -> Result<UpstreamReply, UpstreamError> {
+        let t = self.options.command_timeout;
+        let first = match self.wire.send(batch, t, Stage::Mail).await {
+            Ok(()) => self.wire.reply(t, Stage::Mail).await,
+            Err(e) => Err(e),
+        };
+        self.closed_before_mail = match &first {
+            Err(UpstreamError::Protocol(_)) => true,
+            Ok(reply) => reply.code == 421,
+            Err(_) => false,
+        };
+        first
+    }
+
+    /// Whether the last `send` failed because the connection was found
+    /// closed (or closing, 421) before its MAIL was answered: nothing of
+    /// that transaction reached the upstream's queue.
+    pub fn closed_before_mail(&self) -> bool {
+        self.closed_before_mail
+    }
+
+    /// Whether another transaction may follow on this connection.
+    pub fn is_usable(&self) -> bool {
+        !self.broken
+    }
+
+    /// RSET, to end a transaction with no recipient or to check a connection;
+    /// anything but 250 is `Err`.
     pub async fn reset(&mut self) -> Result<(), UpstreamError> {
         if self.broken {
             return Err(UpstreamError::Protocol(

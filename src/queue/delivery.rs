@@ -506,10 +506,18 @@ impl Delivery {
     ) -> Result<(Vec<UpstreamReply>, bool), Unsent> {
         let _slot = self.slots[u].acquire().await;
         let message = message.get().await.map_err(Unsent::Unreadable)?;
-        let mut conn = self.checkout(u).await?;
-        let replies = conn.send(env, recipients, message).await?;
+        let (conn, replies) = loop {
+            let (mut conn, reused) = self.checkout(u).await?;
+            match conn.send(env, recipients, message).await {
+                // Closed while it idled here: nothing was taken; the next
+                // idle connection or a new one carries the message.
+                Err(_) if reused && conn.closed_before_mail() => continue,
+                result => break (conn, result?),
+            }
+        };
         let dsn = conn.capabilities().dsn;
-        let reusable = conn.messages_sent() < MAX_MESSAGES_PER_CONNECTION
+        let reusable = conn.is_usable()
+            && conn.messages_sent() < MAX_MESSAGES_PER_CONNECTION
             && conn.opened_at().elapsed() < MAX_CONNECTION_AGE;
         let mut idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner());
         if reusable && idle.len() < MAX_IDLE_PER_UPSTREAM {
@@ -521,17 +529,19 @@ impl Delivery {
         Ok((replies, dsn))
     }
 
-    /// An idle connection that still answers RSET, or a new one.
-    async fn checkout(&self, u: usize) -> Result<Connection, UpstreamError> {
-        loop {
-            let idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner()).pop();
-            let Some(mut conn) = idle else { break };
-            // RFC 5321 §4.1.1.5: RSET between transactions; 421 means reconnect.
-            if conn.reset().await.is_ok() {
-                return Ok(conn);
-            }
+    /// An idle connection (and `true`), or a new one. A transaction ends in
+    /// a reset state (RFC 5321 §4.1.1.4), so the next begins with MAIL
+    /// without a RSET first; one that finds the connection closed is
+    /// tried again by `attempt`.
+    async fn checkout(&self, u: usize) -> Result<(Connection, bool), UpstreamError> {
+        let idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match idle {
+            Some(conn) => Ok((conn, true)),
+            None => Ok((
+                Connection::open(&self.upstreams[u], &self.options).await?,
+                false,
+            )),
         }
-        Connection::open(&self.upstreams[u], &self.options).await
     }
 
     /// Queues one RFC 3464 notification to the sender about these recipients

@@ -54,6 +54,14 @@ pub struct Script {
     pub data_reply: String,
     /// Close the connection after the content, without replying.
     pub drop_after_data: bool,
+    /// Close each connection once it has answered this many contents, as a
+    /// server does with a connection that idles; `close_notice` is sent
+    /// first (e.g. `"421 4.4.2 idle timeout"`) or nothing.
+    pub close_after: Option<usize>,
+    pub close_notice: Option<String>,
+    /// Answer DATA with 354 even when no RCPT was accepted (then 554 to the
+    /// content), as RFC 2920 §3.1 warns a server might.
+    pub data_without_recipients: bool,
     /// Wait this long before each reply.
     pub delay: Duration,
     /// More EHLO keywords, e.g. `"X-FOO"`.
@@ -101,6 +109,9 @@ impl Default for Script {
             rcpt_replies: Vec::new(),
             data_reply: "250 2.0.0 queued as FAKE".into(),
             drop_after_data: false,
+            close_after: None,
+            close_notice: None,
+            data_without_recipients: false,
             delay: Duration::ZERO,
             extra_ehlo: Vec::new(),
             flood: None,
@@ -132,6 +143,8 @@ pub struct Transaction {
     pub auth: Option<String>,
     /// MAIL and every RCPT arrived before any reply to them was sent.
     pub pipelined: bool,
+    /// DATA too arrived before any reply in the transaction was sent.
+    pub data_in_group: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -179,6 +192,7 @@ impl FakeUpstream {
                     tx: None,
                     accepted: 0,
                     replied_in_tx: false,
+                    contents: 0,
                 };
                 tokio::spawn(session.serve(tcp));
             }
@@ -242,6 +256,8 @@ struct Session {
     accepted: usize,
     /// A reply was sent since this transaction's MAIL arrived.
     replied_in_tx: bool,
+    /// Contents answered on this connection.
+    contents: usize,
 }
 
 enum Next<S> {
@@ -263,13 +279,14 @@ impl Session {
         if tcp.write_all(greeting.as_bytes()).await.is_err() || !greeting.starts_with("220") {
             return;
         }
-        if let Next::StartTls(tcp) = self.run(tcp).await {
+        // Boxed: the dialogue's future is too large for a test thread's stack.
+        if let Next::StartTls(tcp) = Box::pin(self.run(tcp)).await {
             let acceptor = tokio_rustls::TlsAcceptor::from(self.script.tls.clone().unwrap());
             // RFC 3207 §4.2: forget everything, including buffered plaintext.
             self.buf.clear();
             self.tls = true;
             if let Ok(tls) = acceptor.accept(tcp).await {
-                self.run(tls).await;
+                Box::pin(self.run(tls)).await;
             }
         }
         self.finish();
@@ -361,7 +378,16 @@ impl Session {
                     }
                 },
                 "DATA" => {
-                    if self.tx.is_none() || self.accepted == 0 {
+                    let in_group = !self.replied_in_tx;
+                    if let Some(tx) = &mut self.tx {
+                        tx.data_in_group = in_group;
+                    }
+                    if self.tx.is_some()
+                        && self.accepted == 0
+                        && self.script.data_without_recipients
+                    {
+                        self.data_refused(&mut io).await
+                    } else if self.tx.is_none() || self.accepted == 0 {
                         self.reply(&mut io, "554 5.5.1 no valid recipients", false)
                             .await
                     } else if !self.reply(&mut io, "354 go ahead", false).await {
@@ -491,6 +517,27 @@ impl Session {
         self.content(io, Method::Data, message, raw, true).await
     }
 
+    /// 354 with no recipient, the content read and dropped, then 554.
+    async fn data_refused<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        if !self.reply(io, "354 go ahead", false).await {
+            return false;
+        }
+        let mut reader = smarthost::dot::DotReader::default();
+        let mut dropped = Vec::new();
+        loop {
+            if let Some(n) = reader.feed(&self.buf, &mut dropped) {
+                self.buf.drain(..n);
+                break;
+            }
+            self.buf.clear();
+            if !self.fill(io).await {
+                return false;
+            }
+        }
+        self.finish();
+        self.reply(io, "554 5.5.1 no valid recipients", false).await
+    }
+
     /// `BDAT <size> [LAST]` (RFC 3030): exactly `size` bytes follow.
     async fn bdat<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S, upper: &str) -> bool {
         let words: Vec<&str> = upper.split(' ').collect();
@@ -543,7 +590,18 @@ impl Session {
             return false;
         }
         let reply = self.script.data_reply.clone();
-        self.reply(io, &reply, false).await
+        if !self.reply(io, &reply, false).await {
+            return false;
+        }
+        self.contents += 1;
+        if self.script.close_after.is_some_and(|n| self.contents >= n) {
+            if let Some(notice) = &self.script.close_notice {
+                let _ = io.write_all(format!("{notice}\r\n").as_bytes()).await;
+                let _ = io.flush().await;
+            }
+            return false;
+        }
+        true
     }
 
     fn flood_at(&self, at: FloodAt) -> bool {
