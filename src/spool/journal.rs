@@ -630,7 +630,11 @@ impl Committer {
         if let Err(e) = super::write_all_vectored(&file, &mut slices) {
             return Err((e, cut()));
         }
-        if let Err(e) = file.sync_data() {
+        // Done marks alone need no fdatasync of their own: one lost in a
+        // crash means a duplicate, never a loss, and the next message's
+        // fdatasync covers them anyway.
+        let messages = batch.iter().any(|r| matches!(r, Request::Message { .. }));
+        if messages && let Err(e) = file.sync_data() {
             cut();
             return Err((e, false));
         }
