@@ -6,7 +6,7 @@
 //! received, so a crash in between sends the message again (never loses it).
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 use tracing::{error, info, warn};
@@ -27,8 +27,14 @@ const PER_UPSTREAM: usize = 10;
 /// A reused connection is retired after this many messages or this age.
 const MAX_MESSAGES_PER_CONNECTION: usize = 100;
 const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
-/// Idle connections kept per upstream for reuse.
-const MAX_IDLE_PER_UPSTREAM: usize = 4;
+/// Idle connections kept per upstream for reuse: as many as may be busy,
+/// so a burst's connections are not closed and opened again (a new one
+/// costs a TCP and often a TLS handshake, a greeting and EHLO).
+const MAX_IDLE_PER_UPSTREAM: usize = PER_UPSTREAM;
+/// An idle connection older than this is closed, not reused: servers close
+/// idle connections themselves (Postfix's smtpd after 300 s, some far
+/// sooner), and one found closed costs a wasted write.
+const MAX_IDLE_TIME: Duration = Duration::from_secs(10);
 
 /// The content of the message being delivered: in memory when it came hot,
 /// else read from the spool when an attempt first holds an upstream slot (or
@@ -90,7 +96,8 @@ pub struct Delivery {
     routes: Routes,
     pub health: Health,
     slots: Vec<Semaphore>,
-    idle: Vec<Mutex<Vec<Connection>>>,
+    /// Per upstream: idle connections and since when each idles.
+    idle: Vec<Mutex<Vec<(Connection, Instant)>>>,
     options: ClientOptions,
     handle: QueueHandle,
     telemetry: Arc<Telemetry>,
@@ -521,7 +528,7 @@ impl Delivery {
             && conn.opened_at().elapsed() < MAX_CONNECTION_AGE;
         let mut idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner());
         if reusable && idle.len() < MAX_IDLE_PER_UPSTREAM {
-            idle.push(conn);
+            idle.push((conn, Instant::now()));
         } else {
             drop(idle);
             tokio::spawn(conn.quit());
@@ -534,13 +541,16 @@ impl Delivery {
     /// without a RSET first; one that finds the connection closed is
     /// tried again by `attempt`.
     async fn checkout(&self, u: usize) -> Result<(Connection, bool), UpstreamError> {
-        let idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner()).pop();
-        match idle {
-            Some(conn) => Ok((conn, true)),
-            None => Ok((
-                Connection::open(&self.upstreams[u], &self.options).await?,
-                false,
-            )),
+        loop {
+            let idle = self.idle[u].lock().unwrap_or_else(|e| e.into_inner()).pop();
+            match idle {
+                Some((conn, since)) if since.elapsed() < MAX_IDLE_TIME => return Ok((conn, true)),
+                Some((conn, _)) => drop(tokio::spawn(conn.quit())),
+                None => {
+                    let conn = Connection::open(&self.upstreams[u], &self.options).await?;
+                    return Ok((conn, false));
+                }
+            }
         }
     }
 
