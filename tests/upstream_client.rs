@@ -195,29 +195,6 @@ async fn content_rejection_applies_to_accepted_recipients_only() {
 }
 
 #[tokio::test]
-async fn no_accepted_recipient_means_rset_not_data_and_the_connection_stays_usable() {
-    let fake = FakeUpstream::start(Script {
-        rcpt_replies: vec![("bad@example.net".into(), "550 5.1.1 unknown".into())],
-        ..Script::default()
-    })
-    .await;
-    let mut c = Connection::open(&plain(&fake), &options()).await.unwrap();
-    let env = envelope("a@example.com", &["bad@example.net"]);
-    let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
-    assert_eq!(codes(&c.send(&env, &rcpts, b"x\r\n").await.unwrap()), [550]);
-    assert!(!fake.saw("DATA") && !fake.saw("BDAT") && fake.saw("RSET"));
-    assert_eq!(c.messages_sent(), 0);
-    let env = envelope("a@example.com", &["good@example.net"]);
-    let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
-    assert_eq!(codes(&c.send(&env, &rcpts, b"y\r\n").await.unwrap()), [250]);
-    assert_eq!(c.messages_sent(), 1);
-    c.quit().await;
-}
-
-/// RFC 2920 §3.1: with PIPELINING and no CHUNKING, DATA ends the MAIL/RCPT
-/// group (one round trip before the content); without PIPELINING each
-/// command waits for its reply.
-#[tokio::test]
 async fn data_joins_the_mail_rcpt_group_only_with_pipelining() {
     let env = envelope("a@example.com", &["b@example.net", "c@example.net"]);
     for pipelining in [true, false] {
@@ -236,14 +213,15 @@ async fn data_joins_the_mail_rcpt_group_only_with_pipelining() {
     }
 }
 
-/// A pipelined DATA after every RCPT was refused: refused in turn (554), or
-/// taken (354) by a lax server and then ended by a lone dot. Either way the
-/// transaction is reset and the connection carries the next message.
+/// No RCPT accepted: no content goes out, the transaction is reset and the
+/// connection carries the next message. With CHUNKING, BDAT is never sent;
+/// without, DATA went in the pipelined group and is refused (554), or taken
+/// (354) by a lax server and ended by a lone dot (RFC 2920 §3.1).
 #[tokio::test]
-async fn a_pipelined_data_with_no_recipient_is_ended_and_the_connection_stays_usable() {
-    for data_without_recipients in [false, true] {
+async fn no_accepted_recipient_sends_no_content_and_the_connection_stays_usable() {
+    for (chunking, data_without_recipients) in [(true, false), (false, false), (false, true)] {
         let fake = FakeUpstream::start(Script {
-            chunking: false,
+            chunking,
             data_without_recipients,
             rcpt_replies: vec![("bad@example.net".into(), "550 5.1.1 unknown".into())],
             ..Script::default()
@@ -253,7 +231,8 @@ async fn a_pipelined_data_with_no_recipient_is_ended_and_the_connection_stays_us
         let env = envelope("a@example.com", &["bad@example.net"]);
         let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
         assert_eq!(codes(&c.send(&env, &rcpts, b"x\r\n").await.unwrap()), [550]);
-        assert!(fake.saw("DATA") && fake.saw("RSET"));
+        assert_eq!(fake.saw("DATA"), !chunking);
+        assert!(!fake.saw("BDAT") && fake.saw("RSET"));
         assert_eq!(c.messages_sent(), 0);
         let env = envelope("a@example.com", &["good@example.net"]);
         let rcpts: Vec<&Recipient> = env.recipients.iter().collect();
@@ -262,7 +241,7 @@ async fn a_pipelined_data_with_no_recipient_is_ended_and_the_connection_stays_us
         c.quit().await;
         let txs = fake.transactions();
         let delivered: Vec<_> = txs.iter().filter(|t| t.method.is_some()).collect();
-        assert_eq!(delivered.len(), 1, "{data_without_recipients}");
+        assert_eq!(delivered.len(), 1, "{chunking} {data_without_recipients}");
         assert_eq!(delivered[0].message, b"y\r\n");
         assert_eq!(fake.connections(), 1);
     }
