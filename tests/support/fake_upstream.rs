@@ -501,41 +501,40 @@ impl Session {
     /// After 354: content through CRLF "." CRLF, unstuffed with the relay's
     /// own inbound reader.
     async fn data<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        match self.dot_content(io).await {
+            Some((message, raw)) => self.content(io, Method::Data, message, raw, true).await,
+            None => false,
+        }
+    }
+
+    /// 354 with no recipient, the content read and dropped, then 554.
+    async fn data_refused<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
+        if !self.reply(io, "354 go ahead", false).await || self.dot_content(io).await.is_none() {
+            return false;
+        }
+        self.finish();
+        self.reply(io, "554 5.5.1 no valid recipients", false).await
+    }
+
+    /// DATA content through the final dot: (unstuffed, as on the wire);
+    /// `None` at EOF.
+    async fn dot_content<S: AsyncRead + Unpin>(
+        &mut self,
+        io: &mut S,
+    ) -> Option<(Vec<u8>, Vec<u8>)> {
         let mut reader = smarthost::dot::DotReader::default();
         let mut message = Vec::new();
         let mut raw = Vec::new();
         loop {
             if let Some(n) = reader.feed(&self.buf, &mut message) {
                 raw.extend(self.buf.drain(..n));
-                break;
+                return Some((message, raw));
             }
             raw.append(&mut self.buf);
             if !self.fill(io).await {
-                return false;
+                return None;
             }
         }
-        self.content(io, Method::Data, message, raw, true).await
-    }
-
-    /// 354 with no recipient, the content read and dropped, then 554.
-    async fn data_refused<S: AsyncRead + AsyncWrite + Unpin>(&mut self, io: &mut S) -> bool {
-        if !self.reply(io, "354 go ahead", false).await {
-            return false;
-        }
-        let mut reader = smarthost::dot::DotReader::default();
-        let mut dropped = Vec::new();
-        loop {
-            if let Some(n) = reader.feed(&self.buf, &mut dropped) {
-                self.buf.drain(..n);
-                break;
-            }
-            self.buf.clear();
-            if !self.fill(io).await {
-                return false;
-            }
-        }
-        self.finish();
-        self.reply(io, "554 5.5.1 no valid recipients", false).await
     }
 
     /// `BDAT <size> [LAST]` (RFC 3030): exactly `size` bytes follow.
