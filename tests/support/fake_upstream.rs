@@ -260,6 +260,9 @@ struct Session {
     contents: usize,
 }
 
+/// The reply to DATA or BDAT when no RCPT was accepted.
+const NO_RECIPIENTS: &str = "554 5.5.1 no valid recipients";
+
 enum Next<S> {
     Close,
     StartTls(S),
@@ -388,8 +391,7 @@ impl Session {
                     {
                         self.data_refused(&mut io).await
                     } else if self.tx.is_none() || self.accepted == 0 {
-                        self.reply(&mut io, "554 5.5.1 no valid recipients", false)
-                            .await
+                        self.reply(&mut io, NO_RECIPIENTS, false).await
                     } else if !self.reply(&mut io, "354 go ahead", false).await {
                         false
                     } else {
@@ -513,7 +515,7 @@ impl Session {
             return false;
         }
         self.finish();
-        self.reply(io, "554 5.5.1 no valid recipients", false).await
+        self.reply(io, NO_RECIPIENTS, false).await
     }
 
     /// DATA content through the final dot: (unstuffed, as on the wire);
@@ -551,7 +553,7 @@ impl Session {
         }
         let chunk: Vec<u8> = self.buf.drain(..size).collect();
         if self.tx.is_none() || self.accepted == 0 {
-            return self.reply(io, "554 5.5.1 no valid recipients", false).await;
+            return self.reply(io, NO_RECIPIENTS, false).await;
         }
         if !last {
             let tx = self.tx.as_mut().unwrap();
